@@ -1,0 +1,176 @@
+"""T5 building blocks: RMS norm, relative position bias, attention, MLP.
+
+Shapes: b = batch, q/k = query/key length, h = heads, d = d_kv,
+e = d_model, f = d_ff.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mhr_jax.adapters.dense import AdaptedDense
+from mhr_jax.adapters.inputs import AdapterInputs
+
+# Added to masked attention logits; finite so fully masked rows stay NaN-free.
+_MASK_VALUE = -1e10
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, statistics in fp32."""
+
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., e] -> [..., e]."""
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.epsilon)
+    return (scale.astype(jnp.float32) * y).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """Maps (key_pos - query_pos) to T5's log-spaced buckets, int32 in [0, num_buckets)."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(relative_position)
+  else:
+    n = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # Guard log(0): those positions take the `is_small` branch anyway.
+  n_float = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(n_float / max_exact) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Learned per-head bias for each relative-position bucket (computed once per stack)."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, q_offset: jax.Array | int = 0) -> jax.Array:
+    """Returns the bias [1, h, q_len, k_len]; query i sits at position i + q_offset."""
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "relpos_buckets")),
+        (self.num_heads, self.num_buckets), self.param_dtype)
+    context = jnp.arange(q_len, dtype=jnp.int32)[:, None] + q_offset
+    memory = jnp.arange(k_len, dtype=jnp.int32)[None, :]
+    bucket = relative_position_bucket(memory - context, self.bidirectional,
+                                      self.num_buckets, self.max_distance)
+    bias = jnp.take(table, bucket, axis=1)  # [h, q, k]
+    return bias[None].astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention: no 1/sqrt(d) scaling, additive position bias and mask.
+
+  With `decode=True` the keys/values of self-attention are appended to a
+  cache (collection 'cache') at `decode_index`, one query step per call.
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  decode: bool = False
+  adapter: Optional[Any] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+               bias: Optional[jax.Array], adapter_inputs: Optional[AdapterInputs],
+               decode_index: Optional[jax.Array] = None) -> jax.Array:
+    """inputs_q: [b, q, e], inputs_kv: [b, k, e], bias: [b|1, h, q, k] -> [b, q, e]."""
+    inner = self.num_heads * self.head_dim
+    dense = lambda n, f, axes: AdaptedDense(f, axes, adapter=self.adapter, dtype=self.dtype,
+                                            param_dtype=self.param_dtype, name=n)
+    q = dense("query", inner, ("embed", "joined_kv"))(inputs_q, adapter_inputs)
+    k = dense("key", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)
+    v = dense("value", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)
+    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, self.head_dim))
+    q, k, v = split(q), split(k), split(v)  # [b, len, h, d]
+
+    if self.decode:
+      initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if initialized:
+        start = (0, decode_index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
+        k, v = cached_key.value, cached_value.value
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if not self.deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+    out = out.reshape(out.shape[:2] + (inner,))
+    return dense("out", inputs_q.shape[-1], ("joined_kv", "embed"))(out, adapter_inputs)
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward: wo(relu(wi x)) (v1.0) or wo(gelu_tanh(wi_0 x) * wi_1 x) (v1.1)."""
+
+  d_ff: int
+  gated: bool
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  adapter: Optional[Any] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, adapter_inputs: Optional[AdapterInputs]) -> jax.Array:
+    """x: [b, l, e] -> [b, l, e]."""
+    dense = lambda n, f, axes: AdaptedDense(f, axes, adapter=self.adapter, dtype=self.dtype,
+                                            param_dtype=self.param_dtype, name=n)
+    if self.gated:
+      h = (jax.nn.gelu(dense("wi_0", self.d_ff, ("embed", "mlp"))(x, adapter_inputs),
+                       approximate=True)
+           * dense("wi_1", self.d_ff, ("embed", "mlp"))(x, adapter_inputs))
+    else:
+      h = jax.nn.relu(dense("wi", self.d_ff, ("embed", "mlp"))(x, adapter_inputs))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=self.deterministic)
+    return dense("wo", x.shape[-1], ("mlp", "embed"))(h, adapter_inputs)
+
+
+def padding_bias(query_mask: Optional[jax.Array], key_mask: jax.Array) -> jax.Array:
+  """Additive mask [b, 1, 1|q, k]: 0 where keys are real tokens, _MASK_VALUE where padding.
+
+  Only keys are masked (as in HF T5); padded query rows are left to the loss weights.
+  """
+  del query_mask
+  return jnp.where(key_mask[:, None, None, :], 0.0, _MASK_VALUE).astype(jnp.float32)
+
+
+def causal_bias(q_len: int, k_len: int, q_offset: jax.Array | int = 0) -> jax.Array:
+  """Additive causal mask [1, 1, q, k]: query i (at i + q_offset) sees keys <= its position."""
+  q_pos = jnp.arange(q_len)[:, None] + q_offset
+  k_pos = jnp.arange(k_len)[None, :]
+  return jnp.where(k_pos <= q_pos, 0.0, _MASK_VALUE)[None, None].astype(jnp.float32)
