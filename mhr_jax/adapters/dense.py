@@ -20,7 +20,9 @@ class AdaptedDense(nn.Module):
 
   The adapter (if `adapter` targets this module's path) lives in a child
   module named `adapter`, so its parameters sit next to `kernel`, e.g.
-  `encoder/layers_0/attention/query/adapter/skill_lora_a`.
+  `encoder/layers_0/attention/query/adapter/skill_lora_a`. The adapter is
+  called as `layer(x, y, adapter_inputs, kernel=kernel) -> y'` with
+  y = x @ kernel (see `mhr_jax.adapters.layers.build_adapter`).
 
   Attributes:
     features: output width.
@@ -41,14 +43,16 @@ class AdaptedDense(nn.Module):
         "kernel", nn.with_logical_partitioning(kernel_init(), self.kernel_axes),
         (x.shape[-1], self.features), self.param_dtype)
     x = x.astype(self.dtype)
-    y = jnp.einsum("...i,io->...o", x, kernel.astype(self.dtype))
+    kernel = kernel.astype(self.dtype)
+    y = jnp.einsum("...i,io->...o", x, kernel)
     if self.adapter is not None and self.adapter.targets(self.path_name()):
       from mhr_jax.adapters.layers import build_adapter  # pylint: disable=g-import-not-at-top
       layer = build_adapter(self.adapter, in_features=x.shape[-1],
                             out_features=self.features,
                             kernel_axes=self.kernel_axes, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="adapter")
-      y = layer(x, y, adapter_inputs)
+      # The kernel is passed for adapters that rescale the input ((IA)^3 on wo).
+      y = layer(x, y, adapter_inputs, kernel=kernel)
     return y
 
   def path_name(self) -> str:

@@ -192,6 +192,11 @@ class T5(nn.Module):
       return None
     if task_ids is None:
       task_ids = jnp.zeros((batch,), jnp.int32)
+    if getattr(self.adapter, "routed", False):
+      # Out-of-range ids raise (eagerly, or from a callback under jit) rather
+      # than silently reading another task's routing row.
+      from mhr_jax.adapters.routing import check_task_ids  # pylint: disable=g-import-not-at-top
+      check_task_ids(task_ids, self.adapter.n_tasks)
     weights = None
     if getattr(self.adapter, "shared_routing", False):
       weights = self.router(task_ids, deterministic=deterministic)
@@ -227,7 +232,9 @@ class T5(nn.Module):
     if cfg.scale_decoder_outputs:
       y = y * (cfg.d_model ** -0.5)
     if cfg.tie_word_embeddings:
-      return self.token_embedder.attend(y.astype(jnp.float32)).astype(jnp.float32)
+      # Not `token_embedder.attend`: it casts to the activation dtype (bf16 logits).
+      embedding = jnp.asarray(self.token_embedder.embedding, jnp.float32)
+      return jnp.einsum("bte,ve->btv", y.astype(jnp.float32), embedding)
     return self.logits_dense(y.astype(jnp.float32))
 
   def __call__(self, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array,

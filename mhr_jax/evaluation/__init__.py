@@ -1,0 +1,1 @@
+"""Evaluation: rank classification, greedy decoding, metrics, results tables."""

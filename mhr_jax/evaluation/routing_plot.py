@@ -1,0 +1,60 @@
+"""Heatmap of learned routing: tasks x skills, one panel per head."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def routing_probabilities(params: Mapping, name: str = "routing_logits") -> np.ndarray:
+  """Mean over adapted layers of normalised sigmoid routing, [tasks, heads, skills].
+
+  Layers scanned with a leading 'layers' axis are averaged over it too.
+  Raises ValueError when the tree holds no routing logits.
+  """
+  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  mats = []
+  for path, value in flatten_params(params).items():
+    if path.split("/")[-1] == name:
+      z = np.asarray(value, np.float64)
+      z = z.reshape((-1,) + z.shape[-3:])  # [layers?, tasks, heads, skills]
+      w = 1.0 / (1.0 + np.exp(-z))
+      mats.append((w / (w.sum(-1, keepdims=True) + 1e-12)).mean(0))
+  if not mats:
+    raise ValueError(f"no parameter named {name!r} in the tree: is the model routed?")
+  return np.mean(mats, axis=0)
+
+
+def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str] = (),
+                         title: str = "Learned routing") -> str:
+  """Writes a PNG heatmap of `probs` [tasks, heads, skills]; returns the path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  n_tasks, n_heads, n_skills = probs.shape
+  fig, axes = plt.subplots(1, n_heads, figsize=(1.2 + 0.45 * n_skills * n_heads + 2,
+                                               1.5 + 0.3 * n_tasks), squeeze=False)
+  for h in range(n_heads):
+    ax = axes[0, h]
+    im = ax.imshow(probs[:, h, :], aspect="auto", cmap="viridis", vmin=0.0,
+                   vmax=max(float(probs.max()), 1e-6))
+    ax.set_title(f"head {h}" if n_heads > 1 else "routing")
+    ax.set_xlabel("skill")
+    ax.set_xticks(range(n_skills))
+    if h == 0:
+      ax.set_ylabel("task")
+      ax.set_yticks(range(n_tasks))
+      ax.set_yticklabels(list(task_names)[:n_tasks] if task_names else range(n_tasks),
+                         fontsize=7)
+    else:
+      ax.set_yticks([])
+  fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="p(skill | task)")
+  fig.suptitle(title)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

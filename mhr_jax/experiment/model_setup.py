@@ -1,0 +1,57 @@
+"""Builds the model and its (sharded) parameters for a stage."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mhr_jax import partitioning
+from mhr_jax.models import T5, T5Config
+
+
+def example_batch(batch_size: int, input_length: int, target_length: int) -> dict:
+  """A zero batch with the shapes and dtypes of the real ones (for init/compile)."""
+  return {
+      "encoder_input_tokens": np.zeros((batch_size, input_length), np.int32),
+      "decoder_input_tokens": np.zeros((batch_size, target_length), np.int32),
+      "decoder_target_tokens": np.zeros((batch_size, target_length), np.int32),
+      "decoder_loss_weights": np.zeros((batch_size, target_length), np.int32),
+      "task_ids": np.zeros((batch_size,), np.int32),
+  }
+
+
+def init_params(model: T5, rng: jax.Array, mesh: Optional[jax.sharding.Mesh] = None,
+                rules=None, input_length: int = 8, target_length: int = 4) -> dict:
+  """Random parameters (unboxed), placed on `mesh` by their logical axes when given."""
+  batch = example_batch(1, input_length, target_length)
+
+  def init_fn(key):
+    return model.init({"params": key, "routing": key, "dropout": key},
+                      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                      task_ids=batch["task_ids"])["params"]
+
+  if mesh is None:
+    return nn.meta.unbox(jax.jit(init_fn)(rng))
+  params, _ = partitioning.init_sharded(init_fn, mesh, rules, rng)
+  return params
+
+
+def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
+  """Copies every array of `source` whose path exists in `target` (shape-checked).
+
+  Used to put pretrained backbone weights into a freshly initialised tree
+  that also holds new adapter parameters.
+  """
+  from mhr_jax.training.state import flatten_params, unflatten_params  # pylint: disable=g-import-not-at-top
+  tgt, src = flatten_params(target), flatten_params(source)
+  for k, v in src.items():
+    if k in tgt:
+      if tuple(tgt[k].shape) != tuple(v.shape):
+        raise ValueError(f"shape mismatch for {k}: model expects {tuple(tgt[k].shape)}, "
+                         f"checkpoint has {tuple(v.shape)}")
+      tgt[k] = jnp.asarray(v, dtype=tgt[k].dtype)
+  return unflatten_params(tgt)

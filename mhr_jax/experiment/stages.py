@@ -1,0 +1,230 @@
+"""The stages a user runs: multi-task pre-training, few-shot adaptation, evaluation.
+
+Each stage is a gin-configurable function (t5x style); `run.py` picks one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from mhr_jax import partitioning
+from mhr_jax.adapters import methods
+from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.checkpoints import orbax as orbax_store
+from mhr_jax.evaluation.evaluator import Evaluator
+from mhr_jax.evaluation.results import save_results, write_atomic
+from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
+from mhr_jax.experiment import data as stage_data
+from mhr_jax.experiment.model_setup import fill_from, init_params
+from mhr_jax.models import T5, T5Config
+from mhr_jax.training.loop import train_loop
+from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
+from mhr_jax.training.state import TrainState
+from mhr_jax.training.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+gin.external_configurable(T5Config, module="mhr_jax")
+gin.external_configurable(AdapterConfig, module="mhr_jax")
+gin.external_configurable(OptimizerConfig, module="mhr_jax")
+
+STAGES = ("multitask", "adapt", "eval", "pipeline")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh: `data` x `model` (-1 = all remaining devices)."""
+  data: int = -1
+  model: int = 1
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+  def build(self) -> jax.sharding.Mesh:
+    partitioning.maybe_initialize_distributed(self.coordinator_address, self.num_processes,
+                                              self.process_id)
+    return partitioning.make_mesh(data=self.data, model=self.model)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What the model reads: sequence lengths, batch size, vocabulary."""
+  input_length: int = 32
+  target_length: int = 32
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  vocabulary: str = "byte"  # 'byte' | 'checkpoint' | 'sentencepiece'
+
+
+def _writer(directory: str):
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(directory)
+
+
+def _train(model: T5, params: dict, trainable_fn, data, batches, steps: int,
+           optimizer_config: OptimizerConfig, mesh, *, seed: int, single_task: bool,
+           description: str, writer=None, store=None, extra=None, log_every: int = 10,
+           show_progress: bool = True):
+  """Builds state, (restores,) and runs the loop; returns (state, history)."""
+  optimizer, lr_fn = make_optimizer(optimizer_config, steps)
+  state = TrainState.create(params, trainable_fn, optimizer, jax.random.PRNGKey(seed))
+  if store is not None and store.latest_step() is not None:
+    state, _ = store.restore(target=state)
+    log.info("%s: resumed from step %d", description, int(state.step))
+  batches = stage_data.skip(batches, int(state.step))
+  step_fn = jax.jit(make_train_step(model, optimizer, single_task=single_task,
+                                    learning_rate_fn=lr_fn), donate_argnums=(0,))
+  ckpt = None
+  if store is not None:
+    def ckpt(s, step):
+      store.save(step, s, extra or {}, force=step == steps)
+  with mesh:
+    state, history = train_loop(
+        state, step_fn, batches, steps,
+        put_batch=lambda b: partitioning.shard_batch(b, mesh), writer=writer,
+        log_every=log_every, checkpoint_fn=ckpt, description=description,
+        show_progress=show_progress)
+  if store is not None:
+    store.wait_until_finished()
+  return state, history
+
+
+@gin.configurable(denylist=["output_dir"])
+def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "synthetic_train",
+                    model_config: T5Config = gin.REQUIRED,
+                    adapter_config: Optional[AdapterConfig] = None,
+                    hf_checkpoint: Optional[str] = None, train_backbone: bool = False,
+                    steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
+                    data: DataConfig = DataConfig(), mesh: MeshConfig = MeshConfig(),
+                    seed: int = 0, checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                    log_every: int = 10, show_progress: bool = True) -> str:
+  """Stage 1: pre-trains skills + routing (or a baseline) on a multi-task mixture.
+
+  Writes an Orbax checkpoint under `output_dir/multitask/checkpoints` with the
+  task-id table and configs, plus TensorBoard scalars and a routing heatmap.
+  Returns the stage directory.
+  """
+  stage_dir = os.path.join(output_dir, "multitask")
+  table = stage_data.task_id_table(mixture)
+  vocab = stage_data.vocabulary(data, hf_checkpoint)
+  model_config = stage_data.with_vocab_size(model_config, vocab, hf_checkpoint)
+  adapter = methods.multitask_adapter_config(method, adapter_config or AdapterConfig(),
+                                             n_tasks=len(table))
+  model = T5(model_config, adapter=adapter)
+  mesh_ = mesh.build()
+  params = init_params(model, jax.random.PRNGKey(seed), mesh_)
+  if hf_checkpoint:
+    from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
+    _, pretrained = load_hf_checkpoint(hf_checkpoint)
+    params = fill_from(params, pretrained)
+  trainable = methods.trainable_predicate(method, stage="multitask",
+                                          train_backbone=train_backbone)
+  store = orbax_store.CheckpointStore(os.path.join(stage_dir, "checkpoints"),
+                                      save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
+  extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
+           "adapter_config": dataclasses.asdict(adapter) if adapter else None,
+           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary}
+  batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
+  state, history = _train(model, params, trainable, data, batches, steps, optimizer, mesh_,
+                          seed=seed, single_task=False, description=f"multitask/{method}",
+                          writer=_writer(os.path.join(stage_dir, "tensorboard")), store=store,
+                          extra=extra, log_every=log_every, show_progress=show_progress)
+  write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
+  if adapter is not None and adapter.kind == "poly":
+    names = sorted(table, key=table.get)
+    save_routing_heatmap(routing_probabilities(state.params), os.path.join(stage_dir,
+                         "routing.png"), names, title=f"{method}: learned routing")
+  return stage_dir
+
+
+def load_multitask(stage_dir: str):
+  """Restores (model_config, adapter_config, params, extra) from a multi-task stage dir."""
+  ckpt_dir = os.path.join(stage_dir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"no multi-task checkpoint under {stage_dir!r} "
+                            f"(expected {ckpt_dir}); run the 'multitask' stage first")
+  store = orbax_store.CheckpointStore(ckpt_dir)
+  state, extra = store.restore()
+  model_config = T5Config(**extra["model_config"])
+  adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
+  params = {**state["frozen"], **state["trainable"]}
+  from mhr_jax.training.state import unflatten_params  # pylint: disable=g-import-not-at-top
+  return model_config, adapter, unflatten_params(params), extra
+
+
+@gin.configurable(denylist=["output_dir"])
+def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Optional[str] = None,
+                  family: str = "synthetic", tasks: Optional[Sequence[str]] = None,
+                  k: int = 16, seeds: Sequence[int] = (0, 1, 2), steps: int = 100,
+                  optimizer: OptimizerConfig = OptimizerConfig(),
+                  data: DataConfig = DataConfig(), mesh: MeshConfig = MeshConfig(),
+                  routing_init: str = "uniform", mu_average: str = "uniform",
+                  adapter_config: Optional[AdapterConfig] = None,
+                  eval_split: str = "test", max_eval_examples: Optional[int] = None,
+                  log_every: int = 10, show_progress: bool = True) -> dict:
+  """Stage 2: few-shot adaptation to each held-out task x seed, then evaluation.
+
+  Starts from the multi-task checkpoint in `multitask_dir` (default
+  `output_dir/multitask`). Writes results.json / results.md under
+  `output_dir/adapt_<method>` and returns the summary.
+  """
+  multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
+  model_config, mt_adapter, mt_params, extra = load_multitask(multitask_dir)
+  stage_dir = os.path.join(output_dir, f"adapt_{method}")
+  vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
+  heldout = list(tasks) if tasks else stage_data.heldout_tasks(family)
+  mesh_ = mesh.build()
+  writer = _writer(os.path.join(stage_dir, "tensorboard"))
+  records = []
+  for task in heldout:
+    examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
+    for seed in seeds:
+      adapter, params = methods.init_adaptation_params(
+          method, mt_params, mt_adapter, rng=jax.random.PRNGKey(seed),
+          routing_init=routing_init, mu_average=mu_average, base_config=adapter_config)
+      model = T5(model_config, adapter=adapter)
+      params = fill_from(init_params(model, jax.random.PRNGKey(seed), mesh_), params)
+      trainable = methods.trainable_predicate(method, stage="adapt")
+      batches = stage_data.fewshot_batches(task, k, seed, data, vocab)
+      state, _ = _train(model, params, trainable, data, batches, steps, optimizer, mesh_,
+                        seed=seed, single_task=True, description=f"adapt/{method}/{task}/s{seed}",
+                        writer=writer, log_every=log_every, show_progress=show_progress)
+      evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
+                            data.eval_batch_size, single_task=True)
+      # Few-shot routing has one row: every example of the new task is task 0.
+      metrics_ = evaluator.evaluate(state.params, [{**ex, "task_id": 0} for ex in examples])
+      records.append({"task": task, "seed": int(seed), **metrics_})
+      log.info("%s %s seed %d: %s", method, task, seed, metrics_)
+  return save_results(stage_dir, records, title=f"{method}: {k}-shot on held-out tasks")
+
+
+@gin.configurable(denylist=["output_dir"])
+def evaluate_checkpoint(output_dir: str, *, multitask_dir: Optional[str] = None,
+                        tasks: Optional[Sequence[str]] = None, split: str = "validation",
+                        data: DataConfig = DataConfig(),
+                        max_eval_examples: Optional[int] = None) -> dict:
+  """Restores a multi-task checkpoint and evaluates it on its training tasks."""
+  multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
+  model_config, adapter, params, extra = load_multitask(multitask_dir)
+  table = extra["task_ids"]
+  vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
+  model = T5(model_config, adapter=adapter)
+  evaluator = Evaluator(model, vocab, data.input_length, data.target_length, data.eval_batch_size)
+  records = []
+  for task in (tasks or sorted(table, key=table.get)):
+    examples = stage_data.eval_examples(task, split, max_eval_examples)
+    tid = table.get(task, 0)
+    records.append({"task": task, "seed": 0,
+                    **evaluator.evaluate(params, [{**ex, "task_id": tid} for ex in examples])})
+  return save_results(os.path.join(output_dir, "eval"), records,
+                      title=f"multi-task checkpoint on {split}")

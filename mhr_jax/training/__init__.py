@@ -1,0 +1,1 @@
+"""Training: losses, optimizer, train state, train step, loop."""

@@ -1,0 +1,81 @@
+"""Optimizer: AdamW or Adafactor, warmup + decay, clipping, a separate routing LR.
+
+The optimizer only ever sees the trainable parameters (see `state.py`), so a
+frozen backbone carries no optimizer state. Routing logits (paths ending in
+`routing_logits`) get `routing_learning_rate`; everything else
+`learning_rate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("linear", "cosine", "constant")
+ROUTING_PARAM = "routing_logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: str = "adamw"
+  learning_rate: float = 1e-3
+  routing_learning_rate: Optional[float] = None  # None: same as learning_rate
+  warmup_fraction: float = 0.06
+  schedule: str = "linear"  # decay after warmup, to 0 at the last step
+  weight_decay: float = 0.0
+  clip_grad_norm: Optional[float] = 1.0
+  b1: float = 0.9
+  b2: float = 0.999
+
+  def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"optimizer name={self.name!r} is not supported; valid choices: "
+                       f"{list(OPTIMIZERS)}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule={self.schedule!r} is not supported; valid choices: "
+                       f"{list(SCHEDULES)}")
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float,
+                           schedule: str) -> Callable:
+  warmup = int(round(total_steps * warmup_fraction))
+  decay_steps = max(total_steps - warmup, 1)
+  if schedule == "constant":
+    after = optax.constant_schedule(peak)
+  elif schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay_steps)
+  else:
+    after = optax.linear_schedule(peak, 0.0, decay_steps)
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def _base(config: OptimizerConfig, lr) -> optax.GradientTransformation:
+  if config.name == "adafactor":
+    return optax.adafactor(learning_rate=lr, weight_decay_rate=config.weight_decay or None)
+  return optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+
+
+def param_label(path: str) -> str:
+  """'routing' for routing logits, 'adapter' for every other trainable parameter."""
+  return "routing" if path.rsplit("/", 1)[-1] == ROUTING_PARAM else "adapter"
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, Callable]:
+  """Returns (optimizer over a flat {path: array} dict, main learning-rate schedule)."""
+  lr = learning_rate_schedule(config.learning_rate, total_steps, config.warmup_fraction,
+                              config.schedule)
+  routing_lr = learning_rate_schedule(config.routing_learning_rate or config.learning_rate,
+                                      total_steps, config.warmup_fraction, config.schedule)
+  labels = lambda params: {k: param_label(k) for k in params}
+  tx = optax.multi_transform({"adapter": _base(config, lr), "routing": _base(config, routing_lr)},
+                             labels)
+  if config.clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
+  return tx, lambda step: lr(jnp.asarray(step))

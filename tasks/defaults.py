@@ -1,0 +1,25 @@
+"""What `import tasks` registers: every family whose data is available locally."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import seqio
+
+log = logging.getLogger(__name__)
+
+
+def register_defaults(vocabulary: Optional[seqio.Vocabulary] = None) -> list[str]:
+  """Registers synthetic and T0 always, BIG-bench and Super-NaturalInstructions when
+  their local data exist. Idempotent. Returns the registered family names."""
+  # pylint: disable=g-import-not-at-top
+  from tasks import bigbench, natural_instructions, t0
+  from tasks.synthetic import SyntheticSpec, register_synthetic
+  names = [register_synthetic(SyntheticSpec(), vocabulary).name,
+           t0.register_t0(vocabulary=vocabulary).name]
+  if bigbench.available():
+    names.append(bigbench.register_bigbench(vocabulary=vocabulary).name)
+  if natural_instructions.available():
+    names.append(natural_instructions.register_natural_instructions(vocabulary=vocabulary).name)
+  return names

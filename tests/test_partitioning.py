@@ -1,0 +1,304 @@
+"""Mesh, sharding rules and the 1-device == 8-device invariant.
+
+XLA fixes the number of host (CPU) devices when jax starts, so the checks
+that need 8 devices run this file as a script in a subprocess with
+`--xla_force_host_platform_device_count=8`; the rest of the suite keeps its
+default devices. `python tests/test_partitioning.py CHECK [ARGS]` runs one
+check by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mhr_jax import partitioning
+from mhr_jax.models import T5, T5Config
+from mhr_jax.training.losses import weighted_cross_entropy
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_HAS_ADAPTERS = (importlib.util.find_spec("mhr_jax.adapters.config") is not None
+                 and importlib.util.find_spec("mhr_jax.adapters.layers") is not None)
+
+
+def _run_on_8_devices(check: str, *args: str) -> None:
+  """Runs `check(*args)` of this file in a fresh python with 8 CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             # Fewer XLA CPU optimisation passes: compiling, not running, is
+             # what these tiny models spend their time on. Both sides of each
+             # comparison are compiled with the same flags.
+             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+                       "--xla_backend_optimization_level=0 "
+                       "--xla_llvm_disable_expensive_passes=true "
+                       "--xla_cpu_use_fusion_emitters=false",
+             PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, __file__, check, *args], env=env, cwd=_REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "CHECK OK" in proc.stdout, (
+      f"{check}{args} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
+      f"{proc.stderr[-6000:]}")
+
+
+# --- Tiny models: dims divisible by 4 (the model axis) where it matters. ----
+
+def _config(variant: str) -> T5Config:
+  """'v1_0': tied head, ReLU; 'v1_1': untied head, gated GELU.
+
+  One unrolled layer: XLA's CPU compile time, not the run, dominates these
+  tests, and a scanned stack compiles slower (the 'layers' axis is covered
+  by `check_rules`).
+  """
+  common = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                dropout_rate=0.0)
+  if variant == "v1_0":
+    return T5Config(**common)
+  if variant == "v1_1":
+    return T5Config(**common, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    scale_decoder_outputs=False)
+  raise ValueError(f"unknown variant {variant!r}; valid: 'v1_0', 'v1_1'")
+
+
+def _adapter(kind: str):
+  if kind == "none":
+    return None
+  from mhr_jax.adapters.config import AdapterConfig  # pylint: disable=g-import-not-at-top
+  # MHR: 2 routing heads (not divisible by model=4 if it were sharded), 3 tasks.
+  return AdapterConfig(kind=kind, n_heads=2, n_tasks=3, n_skills=4, rank=2,
+                       target_modules="qv")
+
+
+def _batch(batch_size: int = 8, enc_len: int = 6, dec_len: int = 5,
+           vocab: int = 64) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  enc = rng.integers(1, vocab, (batch_size, enc_len)).astype(np.int32)
+  enc[:, -2:] = 0  # padding
+  targets = rng.integers(1, vocab, (batch_size, dec_len)).astype(np.int32)
+  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+  weights = np.ones((batch_size, dec_len), np.int32)
+  weights[::2, -1] = 0
+  return dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
+              decoder_target_tokens=targets, decoder_loss_weights=weights,
+              task_ids=(np.arange(batch_size) % 3).astype(np.int32))
+
+
+def _loss_fn(model):
+  def loss(params, batch):
+    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"], task_ids=batch["task_ids"],
+                         deterministic=True)
+    return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])[0]
+  return jax.value_and_grad(loss)
+
+
+# --- Checks run in the 8-device subprocess. ----------------------------------
+
+def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: str,
+                      compare_init: str = "no") -> None:
+  """Loss and gradients on a (data, model) mesh equal the 1-device values.
+
+  compare_init='yes' also checks that `init_sharded` draws the same values
+  as an unsharded init (one more compile, so only one case pays for it).
+  """
+  assert jax.device_count() == 8, jax.devices()
+  data, model_size = int(data), int(model_size)
+  cfg = _config(variant)
+  model = T5(cfg, adapter=_adapter(adapter_kind))
+  host_batch = _batch(vocab=cfg.vocab_size)
+  example = jnp.asarray(host_batch["encoder_input_tokens"][:1])
+  init_fn = lambda rng: model.init(rng, example, example, task_ids=jnp.zeros((1,), jnp.int32))
+  rng = jax.random.key(0)
+  grad_fn = _loss_fn(model)
+
+  mesh = partitioning.make_mesh(data=data, model=model_size)
+  variables, shardings = partitioning.init_sharded(init_fn, mesh, partitioning.DEFAULT_RULES,
+                                                   rng)
+  params, param_shardings = variables["params"], shardings["params"]
+  for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings)):
+    assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
+  unsharded = jax.device_get(params)
+  if compare_init == "yes":  # the RNG is sharding-independent
+    jax.tree.map(np.testing.assert_array_equal, unsharded,
+                 jax.device_get(nn.unbox(jax.jit(init_fn)(rng))["params"]))
+
+  # Move away from the init (LoRA B = 0 would zero the skills' gradients),
+  # identically for both layouts.
+  noise = np.random.default_rng(1)
+  ref_params = jax.tree.map(
+      lambda p: np.asarray(p) + 0.05 * noise.standard_normal(p.shape).astype(p.dtype),
+      unsharded)
+  params = jax.device_put(ref_params, param_shardings)
+
+  # Reference: everything on one device.
+  ref_loss, ref_grads = jax.jit(grad_fn)(ref_params, host_batch)
+
+  batch = partitioning.shard_batch(host_batch, mesh)
+  for name, x in batch.items():
+    assert x.sharding.spec[0] == "data", (name, x.sharding)
+    assert len(x.addressable_shards) == 8
+    assert x.addressable_shards[0].data.shape[0] == x.shape[0] // data
+
+  sharded_step = jax.jit(grad_fn, in_shardings=(param_shardings,
+                                                partitioning.batch_sharding(mesh)),
+                         out_shardings=(partitioning.replicated(mesh), param_shardings))
+  loss, grads = sharded_step(params, batch)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+  flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
+  flat = jax.tree.leaves(grads)
+  assert len(flat) == len(flat_ref)
+  for (path, g_ref), g in zip(flat_ref, flat):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+  for (path, g_ref) in flat_ref:  # the comparisons are not of zeros
+    assert np.abs(np.asarray(g_ref)).sum() > 0, jax.tree_util.keystr(path)
+
+  # The weights are really split over 'model' when the mesh has one.
+  mlp = params["encoder"]["layers" if cfg.scan_layers else "layers_0"]["mlp"]
+  wo = mlp["wo"]["kernel"]
+  if model_size > 1:
+    assert "model" in wo.sharding.spec, wo.sharding
+    assert wo.addressable_shards[0].data.shape[-2] == cfg.d_ff // model_size
+    assert "model" in params["token_embedder"]["embedding"].sharding.spec
+  else:
+    assert wo.sharding.is_fully_replicated
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    if "routing_logits" in name:
+      assert x.sharding.is_fully_replicated, (name, x.sharding)
+    if "query/adapter/skill_lora_b" in name and model_size > 1:
+      assert x.sharding.spec[-1] == "model", (name, x.sharding)
+  if adapter_kind != "none":
+    assert any("skill_lora_b" in str(p) for p, _ in flat_ref), "no adapter parameters"
+  print("CHECK OK")
+
+
+def check_rules() -> None:
+  """Rule table, divisibility fallback, unknown names, batch placement on 8 devices."""
+  assert jax.device_count() == 8
+  mesh = partitioning.make_mesh(data=-1, model=4)
+  assert dict(mesh.shape) == {"data": 2, "model": 4}
+  assert dict(partitioning.make_mesh().shape) == {"data": 8, "model": 1}
+
+  box = lambda shape, names: nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32),
+                                                     names)
+  variables = {
+      "kernel": box((16, 32), ("embed", "mlp")),
+      "lora_b": box((4, 32), ("lora_rank", "mlp")),
+      "routing_logits": box((3, 2, 4), ("tasks", "routing_heads", "skills")),
+      "new_axis": box((8, 12), ("some_future_axis", "joined_kv")),
+      "odd_heads": box((2, 8), ("heads", "relpos_buckets")),  # 2 % 4 != 0
+      "stacked": box((3, 16, 32), ("layers", "embed", "mlp")),
+      "plain": jnp.ones((8, 8)),
+  }
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger().addHandler(handler)
+  logging.getLogger().setLevel(logging.INFO)
+  shardings = partitioning.param_shardings(variables, mesh)
+  shardings_again = partitioning.param_shardings(variables, mesh)
+  specs = {k: tuple(s.spec) for k, s in shardings.items()}
+  assert specs == {
+      "kernel": (None, "model"),
+      "lora_b": (None, "model"),
+      "routing_logits": (),
+      "new_axis": (None, "model"),
+      "odd_heads": (),
+      "stacked": (None, None, "model"),
+      "plain": (),
+  }, specs
+  assert jax.tree.map(lambda s: s.spec, shardings_again) == jax.tree.map(lambda s: s.spec,
+                                                                         shardings)
+  fallbacks = [r for r in records if "not divisible" in r.getMessage()]
+  assert len(fallbacks) == 1 and "odd_heads" in fallbacks[0].getMessage(), records
+
+  # Batches: split over 'data' (2 rows per data shard here), checked for size.
+  host = {"tokens": np.arange(12, dtype=np.int32).reshape(4, 3)}
+  placed = partitioning.shard_batch(host, mesh)["tokens"]
+  assert tuple(placed.sharding.spec) == ("data",)
+  assert {s.data.shape for s in placed.addressable_shards} == {(2, 3)}
+  np.testing.assert_array_equal(placed, host["tokens"])
+  global_ = partitioning.host_local_batch_to_global(host, mesh)["tokens"]
+  assert global_.sharding == placed.sharding
+  np.testing.assert_array_equal(global_, host["tokens"])
+  with pytest.raises(ValueError, match=r"'tokens' has 3 rows.*2 data shards"):
+    partitioning.shard_batch({"tokens": np.zeros((3, 2), np.int32)}, mesh)
+  with pytest.raises(TypeError, match="'choices'"):
+    partitioning.shard_batch({"choices": np.array([["a", "b"]] * 2)}, mesh)
+
+  # Activation constraints take effect only inside a sharding context.
+  @jax.jit
+  def constrained(x):
+    return partitioning.with_sharding_constraint(x * 2, ("batch", "length", "mlp"))
+  x = jnp.ones((4, 2, 8))
+  with partitioning.sharding_context(mesh):
+    assert tuple(constrained(x).sharding.spec) == ("data", None, "model")
+  assert partitioning.process_shard_info() == (0, 1)
+  print("CHECK OK")
+
+
+# --- Tests. -----------------------------------------------------------------
+
+@pytest.mark.parametrize("data,model_size,variant", [
+    (8, 1, "v1_0"),  # data parallel
+    (2, 4, "v1_1"),  # data x model parallel, untied vocab head
+])
+def test_sharded_loss_and_grads_match_one_device(data, model_size, variant):
+  _run_on_8_devices("check_equivalence", str(data), str(model_size), variant, "none",
+                    "yes" if model_size > 1 else "no")
+
+
+@pytest.mark.skipif(not _HAS_ADAPTERS, reason="mhr_jax.adapters.{config,layers} not there yet")
+def test_sharded_routed_adapter_matches_one_device():
+  _run_on_8_devices("check_equivalence", "2", "4", "v1_1", "poly")
+
+
+def test_rules_fallbacks_and_batch_placement_on_8_devices():
+  _run_on_8_devices("check_rules")
+
+
+def test_make_mesh_errors_name_sizes_and_device_count():
+  devices = jax.devices()[:1]
+  with pytest.raises(ValueError, match=r"data=2 x model=1 = 2 devices, but 1 devices"):
+    partitioning.make_mesh(data=2, model=1, devices=devices)
+  with pytest.raises(ValueError, match=r"model=3 does not divide the 1 available"):
+    partitioning.make_mesh(data=-1, model=3, devices=devices)
+  with pytest.raises(ValueError, match=r"data=0, model=1"):
+    partitioning.make_mesh(data=0, model=1, devices=devices)
+  mesh = partitioning.make_mesh(devices=devices)
+  assert mesh.axis_names == ("data", "model") and mesh.devices.size == 1
+
+
+def test_every_adapter_axis_has_a_replicating_rule():
+  routing = pytest.importorskip("mhr_jax.adapters.routing")
+  rules = dict(partitioning.DEFAULT_RULES)
+  for name in routing.ADAPTER_AXES:
+    assert name in rules and rules[name] is None, name
+
+
+def test_unboxed_arrays_are_replicated():
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  shardings = partitioning.param_shardings({"w": jnp.ones((4, 2)), "s": jnp.zeros(())}, mesh)
+  assert shardings["w"].spec == jax.sharding.PartitionSpec()
+  assert shardings["s"].is_fully_replicated
+
+
+def test_single_process_distributed_setup_is_a_no_op():
+  assert partitioning.maybe_initialize_distributed() is False
+  index, count = partitioning.process_shard_info()
+  assert 0 <= index < count
+
+
+if __name__ == "__main__":
+  globals()[sys.argv[1]](*sys.argv[2:])
