@@ -287,3 +287,21 @@ def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]
   no-op, so model code can call it unconditionally.
   """
   return nn.with_logical_constraint(x, PartitionSpec(*logical_axes))
+
+
+def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
+  """Keeps leaves already laid out on `mesh`; replicates every other leaf over it.
+
+  A train state mixes parameters sharded by `init_sharded` with scalars
+  (step, rng) created on one device; giving every leaf a mesh sharding keeps
+  the jitted step's input and output layouts equal, so it compiles once.
+  """
+  rep = replicated(mesh)
+
+  def place(x):
+    s = getattr(x, "sharding", None)
+    if isinstance(s, NamedSharding) and s.mesh == mesh:
+      return x
+    return jax.device_put(x, rep)
+
+  return jax.tree_util.tree_map(place, tree)

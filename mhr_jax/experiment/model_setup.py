@@ -53,5 +53,6 @@ def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
       if tuple(tgt[k].shape) != tuple(v.shape):
         raise ValueError(f"shape mismatch for {k}: model expects {tuple(tgt[k].shape)}, "
                          f"checkpoint has {tuple(v.shape)}")
-      tgt[k] = jnp.asarray(v, dtype=tgt[k].dtype)
+      sharding = getattr(tgt[k], "sharding", None)
+      tgt[k] = jax.device_put(jnp.asarray(v, dtype=tgt[k].dtype), sharding)
   return unflatten_params(tgt)

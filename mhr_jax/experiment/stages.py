@@ -39,7 +39,7 @@ gin.external_configurable(OptimizerConfig, module="mhr_jax")
 STAGES = ("multitask", "adapt", "eval", "pipeline")
 
 
-@gin.configurable
+@gin.configurable(module="mhr_jax")
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Device mesh: `data` x `model` (-1 = all remaining devices)."""
@@ -55,7 +55,7 @@ class MeshConfig:
     return partitioning.make_mesh(data=self.data, model=self.model)
 
 
-@gin.configurable
+@gin.configurable(module="mhr_jax")
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """What the model reads: sequence lengths, batch size, vocabulary."""
@@ -71,32 +71,38 @@ def _writer(directory: str):
   return SummaryWriter(directory)
 
 
-def _train(model: T5, params: dict, trainable_fn, data, batches, steps: int,
-           optimizer_config: OptimizerConfig, mesh, *, seed: int, single_task: bool,
-           description: str, writer=None, store=None, extra=None, log_every: int = 10,
-           show_progress: bool = True):
-  """Builds state, (restores,) and runs the loop; returns (state, history)."""
-  optimizer, lr_fn = make_optimizer(optimizer_config, steps)
-  state = TrainState.create(params, trainable_fn, optimizer, jax.random.PRNGKey(seed))
-  if store is not None and store.latest_step() is not None:
-    state, _ = store.restore(target=state)
-    log.info("%s: resumed from step %d", description, int(state.step))
-  batches = stage_data.skip(batches, int(state.step))
-  step_fn = jax.jit(make_train_step(model, optimizer, single_task=single_task,
-                                    learning_rate_fn=lr_fn), donate_argnums=(0,))
-  ckpt = None
-  if store is not None:
-    def ckpt(s, step):
-      store.save(step, s, extra or {}, force=step == steps)
-  with mesh:
+class Trainer:
+  """One jitted train step for a model + optimizer, reused across tasks and seeds."""
+
+  def __init__(self, model: T5, optimizer_config: OptimizerConfig, steps: int, mesh, *,
+               single_task: bool):
+    self.steps, self.mesh = steps, mesh
+    self.optimizer, lr_fn = make_optimizer(optimizer_config, steps)
+    self.step_fn = jax.jit(make_train_step(model, self.optimizer, single_task=single_task,
+                                           learning_rate_fn=lr_fn), donate_argnums=(0,))
+
+  def run(self, params: dict, trainable_fn, batches, *, seed: int, description: str,
+          writer=None, store=None, extra=None, log_every: int = 10,
+          show_progress: bool = True):
+    """Builds the state (or resumes it from `store`) and trains; returns (state, history)."""
+    state = TrainState.create(params, trainable_fn, self.optimizer, jax.random.PRNGKey(seed))
+    if store is not None and store.latest_step() is not None:
+      state, _ = store.restore(target=state)
+      log.info("%s: resumed from step %d", description, int(state.step))
+    state = partitioning.place_on_mesh(state, self.mesh)
+    batches = stage_data.skip(batches, int(state.step))
+    ckpt = None
+    if store is not None:
+      def ckpt(s, step):
+        store.save(step, s, extra or {}, force=step == self.steps)
     state, history = train_loop(
-        state, step_fn, batches, steps,
-        put_batch=lambda b: partitioning.shard_batch(b, mesh), writer=writer,
+        state, self.step_fn, batches, self.steps,
+        put_batch=lambda b: partitioning.shard_batch(b, self.mesh), writer=writer,
         log_every=log_every, checkpoint_fn=ckpt, description=description,
         show_progress=show_progress)
-  if store is not None:
-    store.wait_until_finished()
-  return state, history
+    if store is not None:
+      store.wait_until_finished()
+    return state, history
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -135,10 +141,12 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
            "adapter_config": dataclasses.asdict(adapter) if adapter else None,
            "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
-  state, history = _train(model, params, trainable, data, batches, steps, optimizer, mesh_,
-                          seed=seed, single_task=False, description=f"multitask/{method}",
-                          writer=_writer(os.path.join(stage_dir, "tensorboard")), store=store,
-                          extra=extra, log_every=log_every, show_progress=show_progress)
+  trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
+  state, history = trainer.run(params, trainable, batches, seed=seed,
+                               description=f"multitask/{method}",
+                               writer=_writer(os.path.join(stage_dir, "tensorboard")),
+                               store=store, extra=extra, log_every=log_every,
+                               show_progress=show_progress)
   write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
   if adapter is not None and adapter.kind == "poly":
     names = sorted(table, key=table.get)
@@ -185,6 +193,8 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   heldout = list(tasks) if tasks else stage_data.heldout_tasks(family)
   mesh_ = mesh.build()
   writer = _writer(os.path.join(stage_dir, "tensorboard"))
+  trainable = methods.trainable_predicate(method, stage="adapt")
+  model = trainer = evaluator = None
   records = []
   for task in heldout:
     examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
@@ -192,15 +202,16 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
       adapter, params = methods.init_adaptation_params(
           method, mt_params, mt_adapter, rng=jax.random.PRNGKey(seed),
           routing_init=routing_init, mu_average=mu_average, base_config=adapter_config)
-      model = T5(model_config, adapter=adapter)
+      if model is None:  # same shapes for every task and seed: compile once
+        model = T5(model_config, adapter=adapter)
+        trainer = Trainer(model, optimizer, steps, mesh_, single_task=True)
+        evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
+                              data.eval_batch_size, single_task=True)
       params = fill_from(init_params(model, jax.random.PRNGKey(seed), mesh_), params)
-      trainable = methods.trainable_predicate(method, stage="adapt")
       batches = stage_data.fewshot_batches(task, k, seed, data, vocab)
-      state, _ = _train(model, params, trainable, data, batches, steps, optimizer, mesh_,
-                        seed=seed, single_task=True, description=f"adapt/{method}/{task}/s{seed}",
-                        writer=writer, log_every=log_every, show_progress=show_progress)
-      evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                            data.eval_batch_size, single_task=True)
+      state, _ = trainer.run(params, trainable, batches, seed=seed,
+                             description=f"adapt/{method}/{task}/s{seed}", writer=writer,
+                             log_every=log_every, show_progress=show_progress)
       # Few-shot routing has one row: every example of the new task is task 0.
       metrics_ = evaluator.evaluate(state.params, [{**ex, "task_id": 0} for ex in examples])
       records.append({"task": task, "seed": int(seed), **metrics_})

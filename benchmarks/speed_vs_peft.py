@@ -1,0 +1,274 @@
+"""Training-step throughput and peak memory: mhr_jax (MHR) vs PEFT's Poly/MHR (PyTorch, CPU).
+
+Same small T5 v1.0 (relu, tied embeddings), same adapter layout (MHR on q and v
+of every attention, PEFT's T5 default), frozen backbone, AdamW + grad-norm
+clipping over the trainable parameters only, batches mixing task ids.
+
+Each framework runs in its own worker process (in one process, XLA's CPU
+thread pool made torch ~80x slower); workers run in ABBA order (jax, torch,
+torch, jax, ...) so load drift on a shared host hits both alike. Throughput:
+median seconds/step over all timed steps after warmup; JAX compile time is
+reported separately. Peak memory: RSS sampled every 2 ms during 3 extra steps,
+minus the RSS right after setup and timing (model, optimizer state, compiled
+step); also the setup RSS delta and the process's lifetime peak RSS.
+`jax.devices()[0].memory_stats()` is recorded when it returns something (None
+on CPU in jax 0.10).
+
+  python benchmarks/speed_vs_peft.py            # full (~1-2 min on 2 cores)
+  python benchmarks/speed_vs_peft.py --quick    # tiny model, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+FULL = dict(vocab=512, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=1024,
+            batch=16, input_len=64, target_len=32, rank=8, n_skills=8, n_heads=4, n_tasks=16)
+QUICK = dict(FULL, d_model=64, num_layers=2, d_kv=16, d_ff=256, batch=8, input_len=32,
+             target_len=16)
+
+
+def jax_runner(c, dropout, seed=0):
+  from mhr_jax.adapters.config import AdapterConfig  # pylint: disable=g-import-not-at-top
+  from mhr_jax.models import T5Config  # pylint: disable=g-import-not-at-top
+  config = T5Config(vocab_size=c["vocab"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
+                    num_layers=c["num_layers"], num_heads=c["num_heads"],
+                    dropout_rate=dropout, feed_forward_proj="relu", tie_word_embeddings=True)
+  adapter = AdapterConfig(kind="poly", rank=c["rank"], n_tasks=c["n_tasks"],
+                          n_skills=c["n_skills"], n_heads=c["n_heads"], target_modules="qv")
+  batch = common.random_batch(seed, c["batch"], c["input_len"], c["target_len"], c["vocab"],
+                              c["n_tasks"])
+  return common.JaxRunner(config, adapter, batch, seed=seed)
+
+
+class TorchRunner:
+  """PEFT PolyModel (n_splits = MHR heads) on transformers' T5, model.train()."""
+
+  def __init__(self, c, dropout, threads, seed=0):
+    import peft  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=c["vocab"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
+               num_layers=c["num_layers"], num_heads=c["num_heads"], dropout_rate=dropout,
+               feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0,
+               pad_token_id=0, eos_token_id=1)
+    self.attn_implementation = "sdpa"
+    try:
+      base = transformers.T5ForConditionalGeneration(
+          transformers.T5Config(**cfg, attn_implementation="sdpa"))
+    except (ValueError, ImportError):
+      self.attn_implementation = "eager"
+      base = transformers.T5ForConditionalGeneration(
+          transformers.T5Config(**cfg, attn_implementation="eager"))
+    self.attn_implementation = getattr(base.config, "_attn_implementation",
+                                       self.attn_implementation)
+    self.model = peft.get_peft_model(base, peft.PolyConfig(
+        task_type="SEQ_2_SEQ_LM", r=c["rank"], n_tasks=c["n_tasks"], n_skills=c["n_skills"],
+        n_splits=c["n_heads"], target_modules=["q", "v"]))
+    self.model.train()
+    self.params = [p for p in self.model.parameters() if p.requires_grad]
+    self.n_trainable = sum(p.numel() for p in self.params)
+    self.opt = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=0.0)
+    b = common.random_batch(seed, c["batch"], c["input_len"], c["target_len"], c["vocab"],
+                            c["n_tasks"])
+    t = lambda x: torch.as_tensor(x, dtype=torch.long)
+    self.inputs = dict(input_ids=t(b["encoder_input_tokens"]),
+                       attention_mask=t(b["encoder_input_tokens"] > 0),
+                       decoder_input_ids=t(b["decoder_input_tokens"]),
+                       labels=t(b["decoder_target_tokens"]), task_ids=t(b["task_ids"]),
+                       use_cache=False)
+
+  def run(self, n):
+    times = []
+    for _ in range(n):
+      t0 = time.perf_counter()
+      self.opt.zero_grad(set_to_none=True)
+      loss = self.model(**self.inputs).loss
+      loss.backward()
+      self.torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+      self.opt.step()
+      float(loss.detach())
+      times.append(time.perf_counter() - t0)
+    return times
+
+
+class RssSampler:
+  """Max RSS seen by a 2 ms polling thread."""
+
+  def __init__(self):
+    self.peak = common.rss_bytes()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+
+  def _loop(self):
+    while not self._stop.is_set():
+      self.peak = max(self.peak, common.rss_bytes())
+      time.sleep(0.002)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, common.rss_bytes())
+
+
+def worker(framework, c, dropout, threads, warmup, steps):
+  """Runs in its own subprocess: times `steps` steps, then samples RSS over a few more.
+
+  Prints one line 'RESULT_JSON {...}'. One framework per process: with XLA's
+  CPU thread pool alive in the same process, torch's steps ran ~80x slower
+  (thread oversubscription), so the two are never mixed in one process.
+  """
+  import gc  # pylint: disable=g-import-not-at-top
+  rss0 = common.rss_bytes()
+  t0 = time.perf_counter()
+  if framework == "jax":
+    runner = jax_runner(c, dropout)
+  else:
+    runner = TorchRunner(c, dropout, threads)
+  setup_s = time.perf_counter() - t0
+  runner.run(warmup)
+  times = runner.run(steps)
+  gc.collect()
+  base = common.rss_bytes()
+  with RssSampler() as sampler:
+    runner.run(3)
+  out = {"framework": framework, "times_s": times, "setup_s": setup_s,
+         "trainable_params": runner.n_trainable,
+         "memory": {"rss_after_imports_mib": rss0 / 2**20,
+                    "rss_after_setup_mib": base / 2**20,
+                    "setup_rss_delta_mib": (base - rss0) / 2**20,
+                    "step_peak_rss_delta_mib": (sampler.peak - base) / 2**20,
+                    "process_peak_rss_mib": common.peak_rss_bytes() / 2**20}}
+  if framework == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    out["compile_s"] = runner.compile_s
+    try:
+      stats = jax.devices()[0].memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    out["memory"]["jax_memory_stats"] = stats
+    if stats and "peak_bytes_in_use" in stats:
+      out["memory"]["jax_peak_bytes_in_use_mib"] = stats["peak_bytes_in_use"] / 2**20
+  else:
+    out["attn_implementation"] = runner.attn_implementation
+    out["torch_threads"] = runner.torch.get_num_threads()
+  print("RESULT_JSON " + json.dumps(out), flush=True)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="tiny model, few steps")
+  p.add_argument("--steps", type=int, default=None, help="timed steps per worker process")
+  p.add_argument("--repeats", type=int, default=2,
+                 help="worker processes per framework, run in ABBA order")
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--dropout", type=float, default=0.0)
+  p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+  p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--out", default="speed_vs_peft.json")
+  args = p.parse_args()
+  c = QUICK if args.quick else FULL
+  steps = args.steps or (5 if args.quick else 10)
+  threads = args.threads or common.load_info()["affinity_cores"]
+
+  if args.worker:
+    worker(args.worker, c, args.dropout, threads, args.warmup, steps)
+    return
+
+  load_before = common.load_info()
+  print(f"config: {c}\nload before: {load_before}  torch threads: {threads}", flush=True)
+  order = []
+  for r in range(args.repeats):
+    order += ["jax", "torch"] if r % 2 == 0 else ["torch", "jax"]
+  runs = {"jax": [], "torch": []}
+  for fw in order:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", fw, "--dropout",
+           str(args.dropout), "--threads", str(threads), "--steps", str(steps), "--warmup",
+           str(args.warmup)] + (["--quick"] if args.quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT_JSON ")]
+    if proc.returncode or not line:
+      sys.exit(f"{fw} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    out = json.loads(line[-1][len("RESULT_JSON "):])
+    out["loadavg_after"] = common.load_info()["loadavg_1_5_15"]
+    runs[fw].append(out)
+    print(f"  {fw:5s} median {common.median(out['times_s']) * 1e3:8.1f} ms/step  "
+          f"load {out['loadavg_after']}", flush=True)
+  load_after = common.load_info()
+
+  tokens = c["batch"] * (c["input_len"] + c["target_len"])
+  target_tokens = c["batch"] * c["target_len"]
+  res = {}
+  for name, fw in [("mhr_jax", "jax"), ("peft_torch", "torch")]:
+    times = [t for o in runs[fw] for t in o["times_s"]]
+    med = common.median(times)
+    last = runs[fw][-1]
+    res[name] = {"median_step_s": med, "min_step_s": min(times), "max_step_s": max(times),
+                 "per_process_median_step_s": [common.median(o["times_s"]) for o in runs[fw]],
+                 "timed_steps": len(times), "tokens_per_s": tokens / med,
+                 "target_tokens_per_s": target_tokens / med,
+                 "trainable_params": last["trainable_params"],
+                 "setup_s": [o["setup_s"] for o in runs[fw]],
+                 "memory": max((o["memory"] for o in runs[fw]),
+                               key=lambda m: m["step_peak_rss_delta_mib"]),
+                 "memory_per_process": [o["memory"] for o in runs[fw]]}
+  res["mhr_jax"]["compile_s"] = [o["compile_s"] for o in runs["jax"]]
+  res["peft_torch"]["attn_implementation"] = runs["torch"][-1]["attn_implementation"]
+  ratio = res["mhr_jax"]["tokens_per_s"] / res["peft_torch"]["tokens_per_s"]
+
+  rows = []
+  for name in ("mhr_jax", "peft_torch"):
+    r = res[name]
+    m = r["memory"]
+    rows.append([name, f"{r['median_step_s'] * 1e3:.1f}", f"{r['tokens_per_s']:.0f}",
+                 f"{common.median(r['compile_s']):.1f}" if name == "mhr_jax" else "-",
+                 f"{m['step_peak_rss_delta_mib']:.1f}", f"{m['setup_rss_delta_mib']:.0f}",
+                 f"{m['process_peak_rss_mib']:.0f}", r["trainable_params"]])
+  print()
+  print(common.table(rows, ["impl", "step ms (median)", "tokens/s", "compile s",
+                            "step peak dRSS MiB", "setup dRSS MiB", "process peak RSS MiB",
+                            "trainable"]))
+  print(f"\nthroughput ratio mhr_jax / PEFT = {ratio:.2f}x  (target >= 2.0x: "
+        f"{'met' if ratio >= 2.0 else 'NOT met'})")
+  print(f"load after: {load_after}")
+  payload = {"benchmark": "speed_vs_peft", "quick": args.quick, "config": c,
+             "dropout": args.dropout, "torch_threads": threads, "tokens_per_step": tokens,
+             "timing": {"warmup_steps": args.warmup, "steps_per_process": steps,
+                        "order": order},
+             "results": res, "ratio_throughput_mhr_jax_over_peft": ratio,
+             "target_ratio": 2.0, "target_met": ratio >= 2.0,
+             "load_before": load_before, "load_after": load_after,
+             "machine": common.machine_info(), "versions": _versions()}
+  name = args.out if not args.quick else args.out.replace(".json", "_quick.json")
+  print("wrote", common.write_json(name, payload))
+
+
+def _versions():
+  out = {}
+  for mod in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "peft"):
+    try:
+      out[mod] = __import__(mod).__version__
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return out
+
+
+if __name__ == "__main__":
+  main()
