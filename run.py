@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
                   search_paths=[os.path.join(_ROOT, "configs"), _ROOT])
     pipeline.run()
   except (gin_cli.GinConfigError, pipeline.StageError, FileNotFoundError) as e:
-    print(f"run.py: error: {e}", file=sys.stderr)
+    print(f"run.py: error: {gin_cli.first_line(e)}", file=sys.stderr)
     return 2
   return 0
 

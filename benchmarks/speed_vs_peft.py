@@ -8,9 +8,10 @@ Each framework runs in its own worker process (in one process, XLA's CPU
 thread pool made torch ~80x slower); workers run in ABBA order (jax, torch,
 torch, jax, ...) so load drift on a shared host hits both alike. Throughput:
 median seconds/step over all timed steps after warmup; JAX compile time is
-reported separately. Peak memory: RSS sampled every 2 ms during 3 extra steps,
-minus the RSS right after setup and timing (model, optimizer state, compiled
-step); also the setup RSS delta and the process's lifetime peak RSS.
+reported separately. Peak memory: RSS sampled every 5 ms during the warmup steps and
+3 steps after timing, minus the RSS right after setup (imports excluded; JAX's
+setup includes compilation and optimizer state, torch's Adam state appears at
+its first step); also the setup RSS delta and the lifetime peak RSS.
 `jax.devices()[0].memory_stats()` is recorded when it returns something (None
 on CPU in jax 0.10).
 
@@ -106,7 +107,7 @@ class TorchRunner:
 
 
 class RssSampler:
-  """Max RSS seen by a 2 ms polling thread."""
+  """Max RSS seen by a 5 ms polling thread."""
 
   def __init__(self):
     self.peak = common.rss_bytes()
@@ -116,7 +117,7 @@ class RssSampler:
   def _loop(self):
     while not self._stop.is_set():
       self.peak = max(self.peak, common.rss_bytes())
-      time.sleep(0.002)
+      time.sleep(0.005)
 
   def __enter__(self):
     self._thread.start()
@@ -135,26 +136,30 @@ def worker(framework, c, dropout, threads, warmup, steps):
   CPU thread pool alive in the same process, torch's steps ran ~80x slower
   (thread oversubscription), so the two are never mixed in one process.
   """
-  import gc  # pylint: disable=g-import-not-at-top
-  rss0 = common.rss_bytes()
+  if framework == "torch":
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import transformers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import peft  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  rss0 = common.rss_bytes()  # after imports
   t0 = time.perf_counter()
   if framework == "jax":
-    runner = jax_runner(c, dropout)
+    runner = jax_runner(c, dropout)  # includes compilation
   else:
     runner = TorchRunner(c, dropout, threads)
   setup_s = time.perf_counter() - t0
-  runner.run(warmup)
-  times = runner.run(steps)
-  gc.collect()
-  base = common.rss_bytes()
-  with RssSampler() as sampler:
+  base = common.rss_bytes()  # model, frozen weights, (jax: optimizer state, executable)
+  with RssSampler() as sampler:  # first steps: activations, grads, (torch: Adam state)
+    runner.run(warmup)
+  times = runner.run(steps)  # timed without the sampler thread
+  with RssSampler() as sampler2:
     runner.run(3)
+  peak = max(sampler.peak, sampler2.peak)
   out = {"framework": framework, "times_s": times, "setup_s": setup_s,
          "trainable_params": runner.n_trainable,
          "memory": {"rss_after_imports_mib": rss0 / 2**20,
                     "rss_after_setup_mib": base / 2**20,
                     "setup_rss_delta_mib": (base - rss0) / 2**20,
-                    "step_peak_rss_delta_mib": (sampler.peak - base) / 2**20,
+                    "step_peak_rss_delta_mib": (peak - base) / 2**20,
                     "process_peak_rss_mib": common.peak_rss_bytes() / 2**20}}
   if framework == "jax":
     import jax  # pylint: disable=g-import-not-at-top

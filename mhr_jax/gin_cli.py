@@ -63,10 +63,14 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
     if not _findable(f):
       raise GinConfigError(f"gin file {f!r} not found (searched: cwd, "
                            f"{', '.join(search_paths) or 'no search paths'})")
+  import logging  # pylint: disable=g-import-not-at-top
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)  # gin logs an ERROR for every search-path miss
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings))
   except (ValueError, KeyError, TypeError, SyntaxError) as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = first_line(e)
     known = _known_configurables()
     hint = ""
     for b in bindings:
@@ -77,6 +81,16 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
         hint = f"; unknown configurable {target!r}" + (f", did you mean {close}?" if close else "")
         break
     raise GinConfigError(f"bad gin configuration: {msg}{hint}") from e
+  finally:
+    root.setLevel(level)
+
+
+def first_line(error: BaseException) -> str:
+  """The error's own message, without the 'In call to configurable' lines gin appends."""
+  text = str(error).strip()
+  if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+    text = error.args[0]
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _findable(path: str) -> bool:
@@ -93,6 +107,6 @@ def _findable(path: str) -> bool:
 def _known_configurables() -> list[str]:
   from gin import config as gin_config  # pylint: disable=g-import-not-at-top
   names = []
-  for key in gin_config._REGISTRY:  # pylint: disable=protected-access
-    names.append(key.split(".")[-1] if isinstance(key, str) else str(key))
+  for key, _ in gin_config._REGISTRY.items():  # pylint: disable=protected-access
+    names.append(str(key).split(".")[-1])
   return sorted(set(names))

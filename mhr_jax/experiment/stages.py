@@ -37,6 +37,7 @@ gin.external_configurable(AdapterConfig, module="mhr_jax")
 gin.external_configurable(OptimizerConfig, module="mhr_jax")
 
 STAGES = ("multitask", "adapt", "eval", "pipeline")
+_NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat", "dropout_rate")
 
 
 @gin.configurable(module="mhr_jax")
@@ -107,7 +108,7 @@ class Trainer:
 
 @gin.configurable(denylist=["output_dir"])
 def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "synthetic_train",
-                    model_config: T5Config = gin.REQUIRED,
+                    model_config: Optional[T5Config] = None,
                     adapter_config: Optional[AdapterConfig] = None,
                     hf_checkpoint: Optional[str] = None, train_backbone: bool = False,
                     steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
@@ -121,6 +122,18 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   Returns the stage directory.
   """
   stage_dir = os.path.join(output_dir, "multitask")
+  pretrained = None
+  if hf_checkpoint:
+    if not os.path.isdir(hf_checkpoint):
+      raise FileNotFoundError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
+                              "local Hugging Face T5 checkpoint (nothing is downloaded)")
+    from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
+    # Architecture from the checkpoint; numerics (dtype, scan, remat) from model_config.
+    numerics = {f: getattr(model_config, f) for f in _NUMERICS} if model_config else {}
+    model_config, pretrained = load_hf_checkpoint(hf_checkpoint, **numerics)
+  elif model_config is None:
+    raise ValueError("train_multitask needs model_config (e.g. configs/models/tiny.gin) or "
+                     "hf_checkpoint (a local Hugging Face T5 directory)")
   table = stage_data.task_id_table(mixture)
   vocab = stage_data.vocabulary(data, hf_checkpoint)
   model_config = stage_data.with_vocab_size(model_config, vocab, hf_checkpoint)
@@ -129,9 +142,7 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   model = T5(model_config, adapter=adapter)
   mesh_ = mesh.build()
   params = init_params(model, jax.random.PRNGKey(seed), mesh_)
-  if hf_checkpoint:
-    from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
-    _, pretrained = load_hf_checkpoint(hf_checkpoint)
+  if pretrained is not None:
     params = fill_from(params, pretrained)
   trainable = methods.trainable_predicate(method, stage="multitask",
                                           train_backbone=train_backbone)
