@@ -90,7 +90,9 @@ class Trainer:
     if store is not None and store.latest_step() is not None:
       state, _ = store.restore(target=state)
       log.info("%s: resumed from step %d", description, int(state.step))
-    state = partitioning.place_on_mesh(state, self.mesh)
+    # The step donates its state; copy so the caller's arrays (e.g. the
+    # multi-task parameters reused for every task and seed) stay alive.
+    state = jax.tree_util.tree_map(lambda x: x.copy(), partitioning.place_on_mesh(state, self.mesh))
     batches = stage_data.skip(batches, int(state.step))
     ckpt = None
     if store is not None:

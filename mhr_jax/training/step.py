@@ -45,7 +45,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
         state.trainable, state.frozen, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
-    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
     if learning_rate_fn is not None:
       metrics["learning_rate"] = learning_rate_fn(state.step)
     return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics

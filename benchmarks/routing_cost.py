@@ -1,0 +1,149 @@
+"""What routing costs: train-step time of LoRA vs Poly vs MHR, and how it scales.
+
+All variants are mhr_jax train steps (jit, donated state, frozen backbone,
+AdamW over the adapter) on the same small T5 and batch, adapters on q, k, v, o
+of every attention, same rank. Sections:
+
+  methods:  LoRA, Poly (1 head), MHR with 2 / 4 / 8 heads   (target: MHR-8 <= 1.10x LoRA)
+  n_tasks:  MHR-4 with 10 -> 10,000 routing rows            (target: <= 1.05x of 10 tasks)
+  n_skills: MHR-4 with 2 -> 32 skills
+  batches:  MHR-4, mixed task ids vs one task per batch, without / with the
+            `single_task=True` fast path
+
+Every variant is compiled first; then timed blocks of all variants are
+interleaved over several rounds (so load drift on a shared host hits all
+alike) and the median step time over all timed steps is reported.
+
+  python benchmarks/routing_cost.py           # ~2-3 min on 2 cores
+  python benchmarks/routing_cost.py --quick   # tiny model, fewer variants (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+from mhr_jax.adapters.config import AdapterConfig  # noqa: E402
+from mhr_jax.models import T5Config  # noqa: E402
+
+FULL = dict(vocab=512, d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=512,
+            batch=8, input_len=64, target_len=32, rank=8, n_skills=8, n_tasks=16, heads=4)
+QUICK = dict(FULL, d_model=64, d_kv=16, d_ff=256, input_len=32, target_len=16)
+
+
+def variants(c, quick):
+  """name -> (adapter kwargs, single_task batch?, single_task fast path?)."""
+  base = dict(kind="poly", n_heads=c["heads"], n_tasks=c["n_tasks"], n_skills=c["n_skills"])
+  v = {"lora": (dict(kind="lora"), False, False),
+       "poly": (dict(base, n_heads=1), False, False)}
+  for h in ((8,) if quick else (2, 4, 8)):
+    v[f"mhr{h}"] = (dict(base, n_heads=h), False, False)
+  v[f"mhr{c['heads']}"] = (base, False, False)
+  for n in ((10, 10_000) if quick else (10, 100, 1_000, 10_000)):
+    v[f"tasks{n}"] = (dict(base, n_tasks=n), False, False)
+  for s in ((2, 32) if quick else (2, 8, 32)):
+    v[f"skills{s}"] = (dict(base, n_skills=s), False, False)
+  v["single_task_batch"] = (base, True, False)
+  v["single_task_fast_path"] = (base, True, True)
+  return v
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--rounds", type=int, default=None)
+  p.add_argument("--steps", type=int, default=None, help="timed steps per block")
+  p.add_argument("--out", default="routing_cost.json")
+  args = p.parse_args()
+  c = QUICK if args.quick else FULL
+  rounds = args.rounds or (3 if args.quick else 6)
+  steps = args.steps or (3 if args.quick else 5)
+  config = T5Config(vocab_size=c["vocab"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
+                    num_layers=c["num_layers"], num_heads=c["num_heads"], dropout_rate=0.0)
+  load_before = common.load_info()
+  print(f"config: {c}\nload before: {load_before}", flush=True)
+
+  runners = {}
+  meta = {}
+  for name, (kw, single_batch, fast) in variants(c, args.quick).items():
+    adapter = AdapterConfig(rank=c["rank"], target_modules="attention", **kw)
+    batch = common.random_batch(0, c["batch"], c["input_len"], c["target_len"], c["vocab"],
+                                adapter.n_tasks, single_task=single_batch)
+    t0 = time.perf_counter()
+    r = common.JaxRunner(config, adapter, batch, single_task=fast)
+    r.run(2)  # warmup
+    runners[name] = r
+    meta[name] = {"adapter": {k: getattr(adapter, k) for k in
+                              ("kind", "rank", "n_tasks", "n_skills", "n_heads")},
+                  "single_task_batch": single_batch, "single_task_fast_path": fast,
+                  "compile_s": r.compile_s, "setup_s": time.perf_counter() - t0,
+                  "trainable_params": r.n_trainable}
+    print(f"  built {name:22s} compile {r.compile_s:5.1f}s", flush=True)
+
+  times = {n: [] for n in runners}
+  names = list(runners)
+  for rd in range(rounds):
+    for n in (names if rd % 2 == 0 else names[::-1]):
+      times[n].extend(runners[n].run(steps))
+  load_after = common.load_info()
+  med = {n: common.median(t) for n, t in times.items()}
+
+  def row(n, ref):
+    return [n, f"{med[n] * 1e3:.2f}", f"{med[n] / med[ref]:.3f}", meta[n]["trainable_params"],
+            f"{meta[n]['compile_s']:.1f}"]
+
+  header = ["variant", "step ms (median)", "ratio", "trainable", "compile s"]
+  sections = {
+      "methods (ratio vs LoRA)": ("lora", [n for n in names if n in ("lora", "poly")
+                                            or (n.startswith("mhr"))]),
+      f"n_tasks, MHR-{c['heads']} (ratio vs 10 tasks)": (
+          "tasks10", [n for n in names if n.startswith("tasks")]),
+      f"n_skills, MHR-{c['heads']} (ratio vs 2 skills)": (
+          "skills2", [n for n in names if n.startswith("skills")]),
+      f"batches, MHR-{c['heads']} (ratio vs mixed task ids)": (
+          f"mhr{c['heads']}", [f"mhr{c['heads']}", "single_task_batch",
+                               "single_task_fast_path"]),
+  }
+  for title, (ref, members) in sections.items():
+    print(f"\n{title}")
+    print(common.table([row(n, ref) for n in members], header))
+
+  h_max = "mhr8"
+  tasks_max = max((n for n in names if n.startswith("tasks")), key=lambda n: int(n[5:]))
+  checks = {
+      "mhr8_over_lora": {"value": med[h_max] / med["lora"], "target": 1.10},
+      f"{tasks_max}_over_tasks10": {"value": med[tasks_max] / med["tasks10"], "target": 1.05},
+  }
+  for v in checks.values():
+    v["met"] = v["value"] <= v["target"]
+  extra = {
+      "poly_over_lora": med["poly"] / med["lora"],
+      "skills32_over_skills2": med["skills32"] / med["skills2"],
+      "single_task_fast_path_over_mixed": med["single_task_fast_path"] / med[f"mhr{c['heads']}"],
+      "single_task_fast_path_over_single_task_batch":
+          med["single_task_fast_path"] / med["single_task_batch"],
+  }
+  print("\ntargets:")
+  for k, v in checks.items():
+    print(f"  {k:28s} {v['value']:.3f}  (target <= {v['target']:.2f}: "
+          f"{'met' if v['met'] else 'NOT met'})")
+  for k, v in extra.items():
+    print(f"  {k:28s} {v:.3f}")
+  print(f"load after: {load_after}")
+  payload = {"benchmark": "routing_cost", "quick": args.quick, "config": c,
+             "target_modules": "attention",
+             "timing": {"warmup_steps": 2, "rounds": rounds, "steps_per_block": steps},
+             "median_step_s": med, "all_step_s": times, "variants": meta,
+             "checks": checks, "ratios": extra, "load_before": load_before,
+             "load_after": load_after, "machine": common.machine_info()}
+  name = args.out if not args.quick else args.out.replace(".json", "_quick.json")
+  print("wrote", common.write_json(name, payload))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,95 @@
+"""run.py end to end: every config parses, every method runs a few steps, CLI errors."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+import run as run_cli
+from mhr_jax import gin_cli
+from mhr_jax.experiment import pipeline  # registers the gin configurables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+SEARCH = [CONFIGS, ROOT]
+
+# A micro model and tiny budgets so each method's pipeline runs in seconds.
+MICRO = [
+    "mhr_jax.T5Config.d_model = 16", "mhr_jax.T5Config.d_kv = 4", "mhr_jax.T5Config.d_ff = 32",
+    "mhr_jax.T5Config.num_heads = 2", "mhr_jax.T5Config.num_layers = 1",
+    "mhr_jax.T5Config.num_decoder_layers = 1", "mhr_jax.AdapterConfig.n_skills = 2",
+    "mhr_jax.AdapterConfig.rank = 2",
+    "mhr_jax.DataConfig.batch_size = 4", "mhr_jax.DataConfig.eval_batch_size = 4",
+    "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
+    "train_multitask.log_every = 1", "train_multitask.show_progress = False",
+    "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
+    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
+    "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
+]
+METHOD_FILES = sorted(glob.glob(os.path.join(CONFIGS, "methods", "*.gin")))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "**", "*.gin"),
+                                                  recursive=True)),
+                         ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_every_config_parses(path):
+  files = [path]
+  if "/methods/" in path:  # method files refine an experiment
+    files = [os.path.join(CONFIGS, "experiments", "synthetic.gin"), path]
+  gin_cli.parse(files, [], SEARCH)
+  if "/methods/" in path or path.endswith("default.gin"):
+    method = gin.query_parameter("adapt_heldout.method")
+    from mhr_jax.adapters.methods import METHODS
+    assert method in METHODS
+
+
+@pytest.mark.parametrize("path", METHOD_FILES, ids=lambda p: os.path.basename(p)[:-4])
+def test_method_pipeline_runs_few_steps(path, tmp_path):
+  out = str(tmp_path / "run")
+  gin_cli.parse([os.path.join(CONFIGS, "experiments", "synthetic.gin"), path],
+                MICRO + [f"run.output_dir = '{out}'", "run.stage = 'pipeline'"], SEARCH)
+  summaries = pipeline.run()
+  (method,) = summaries
+  with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
+    results = json.load(f)
+  records = results["records"]
+  assert [r["seed"] for r in records] == [0, 1]
+  for r in records:
+    assert 0.0 <= r["exact_match"] <= 100.0 and 0.0 <= r["rouge_l"] <= 100.0
+  assert os.path.exists(os.path.join(out, "summary.md"))
+  assert os.listdir(os.path.join(out, "multitask", "tensorboard"))
+  routed = gin.query_parameter("train_multitask.method") in ("poly", "mhr")
+  assert os.path.exists(os.path.join(out, "multitask", "routing.png")) == routed
+  # The saved task table is the mixture's, and the eval stage restores the checkpoint.
+  gin.bind_parameter("evaluate_checkpoint.max_eval_examples", 2)
+  evaluated = pipeline.run(stage="eval", output_dir=out)
+  assert len(evaluated) == 24 + 1  # every training task + the average row
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--gin.run.stage=train"], "valid choices: ['multitask', 'adapt', 'eval', 'pipeline']"),
+    (["--gin.run.bogus=1"], "doesn't have a parameter named 'bogus'"),
+    (["--gin_file=does_not_exist.gin"], "'does_not_exist.gin' not found"),
+    (["--gin.run.stage=adapt", "--gin.run.output_dir=/nonexistent/x"],
+     "no multi-task checkpoint under '/nonexistent/x/multitask'"),
+    (["--gin.train_multitask.hf_checkpoint='/nonexistent/ckpt'", "--gin.run.stage=multitask",
+      "--gin.run.output_dir=/tmp/unused"], "hf_checkpoint='/nonexistent/ckpt' is not a directory"),
+    (["--gin.run.adapt_methods=['mhr','bogus']"], "unknown method 'bogus'"),
+])
+def test_cli_errors_name_the_bad_value(argv, needle, capsys):
+  assert run_cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert needle in err
+  assert len(err.strip().splitlines()) == 1, err
