@@ -24,9 +24,7 @@ def example_batch(batch_size: int, input_length: int, target_length: int) -> dic
   }
 
 
-def init_params(model: T5, rng: jax.Array, mesh: Optional[jax.sharding.Mesh] = None,
-                rules=None, input_length: int = 8, target_length: int = 4) -> dict:
-  """Random parameters (unboxed), placed on `mesh` by their logical axes when given."""
+def _init_fn(model: T5, input_length: int = 8, target_length: int = 4):
   batch = example_batch(1, input_length, target_length)
 
   def init_fn(key):
@@ -34,10 +32,26 @@ def init_params(model: T5, rng: jax.Array, mesh: Optional[jax.sharding.Mesh] = N
                       batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                       task_ids=batch["task_ids"])["params"]
 
+  return init_fn
+
+
+def init_params(model: T5, rng: jax.Array, mesh: Optional[jax.sharding.Mesh] = None,
+                rules=None) -> dict:
+  """Random parameters (unboxed), placed on `mesh` by their logical axes when given."""
+  init_fn = _init_fn(model)
   if mesh is None:
     return nn.meta.unbox(jax.jit(init_fn)(rng))
   params, _ = partitioning.init_sharded(init_fn, mesh, rules, rng)
   return params
+
+
+def place_params(model: T5, params: Mapping[str, Any], mesh: jax.sharding.Mesh,
+                 rules=None) -> dict:
+  """Puts an existing tree of `model`'s parameters on `mesh` by their logical axes."""
+  abstract = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
+  kwargs = {} if rules is None else {"rules": rules}
+  shardings = partitioning.param_shardings(abstract, mesh, **kwargs)
+  return jax.device_put(nn.meta.unbox(params), shardings)
 
 
 def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:

@@ -23,7 +23,7 @@ from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.results import save_results, write_atomic
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
 from mhr_jax.experiment import data as stage_data
-from mhr_jax.experiment.model_setup import fill_from, init_params
+from mhr_jax.experiment.model_setup import fill_from, init_params, place_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import train_loop
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -220,7 +220,8 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
         trainer = Trainer(model, optimizer, steps, mesh_, single_task=True)
         evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
                               data.eval_batch_size, single_task=True)
-      params = fill_from(init_params(model, jax.random.PRNGKey(seed), mesh_), params)
+      # init_adaptation_params returns the complete tree of `model`; put it on the mesh.
+      params = place_params(model, params, mesh_)
       batches = stage_data.fewshot_batches(task, k, seed, data, vocab)
       state, _ = trainer.run(params, trainable, batches, seed=seed,
                              description=f"adapt/{method}/{task}/s{seed}", writer=writer,

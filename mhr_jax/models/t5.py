@@ -177,8 +177,9 @@ class T5(nn.Module):
     if not cfg.tie_word_embeddings:
       self.logits_dense = nn.Dense(
           cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=cfg.parameter_dtype,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                   ("embed", "vocab")),
+          # fan-in scaled so a model trained from scratch starts with O(1) logits.
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.variance_scaling(1.0, "fan_in", "normal"), ("embed", "vocab")),
           name="logits_dense")
     self.encoder = Encoder(cfg, adapter=self.adapter)
     self.decoder = Decoder(cfg, adapter=self.adapter)
