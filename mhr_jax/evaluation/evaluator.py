@@ -9,8 +9,7 @@ import numpy as np
 
 from mhr_jax.evaluation import metrics
 from mhr_jax.evaluation.generation import generate_predictions
-from mhr_jax.evaluation.rank_classification import (choice_scores,
-                                                     rank_classification_accuracy)
+from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.models.decoding import greedy_decode
 from mhr_jax.training.step import make_score_step
 
@@ -40,7 +39,7 @@ class Evaluator:
     if "choices" in examples[0]:
       scores = choice_scores(lambda b: self._score(params, b), self.vocab, examples,
                              self.input_length, self.target_length, self.batch_size)
-      return {"accuracy": rank_classification_accuracy(scores, [ex["label"] for ex in examples])}
+      return {"accuracy": metrics.rank_classification_accuracy(scores, [ex["label"] for ex in examples])}
     preds = generate_predictions(
         lambda b: self._decode(params, b["encoder_input_tokens"], b["task_ids"]),
         self.vocab, examples, self.input_length, self.batch_size)

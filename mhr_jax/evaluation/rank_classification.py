@@ -39,11 +39,3 @@ def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
     out.append(scores[k:k + n])
     k += n
   return out
-
-
-def rank_classification_accuracy(scores: Sequence[np.ndarray], labels: Sequence[int]) -> float:
-  """Percentage of examples whose highest-scoring choice is the label."""
-  if not labels:
-    return float("nan")
-  hits = [int(np.argmax(s)) == int(y) for s, y in zip(scores, labels)]
-  return 100.0 * float(np.mean(hits))

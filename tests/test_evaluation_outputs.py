@@ -1,0 +1,66 @@
+"""Results aggregation, Markdown table, routing heatmap, rank classification plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mhr_jax.evaluation.metrics import rank_classification_accuracy
+from mhr_jax.evaluation.rank_classification import choice_scores
+from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
+from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
+
+
+def test_aggregate_means_and_seed_std(tmp_path):
+  records = [{"task": "a", "seed": 0, "em": 10.0}, {"task": "a", "seed": 1, "em": 30.0},
+             {"task": "b", "seed": 0, "em": 50.0}, {"task": "b", "seed": 1, "em": 70.0}]
+  s = aggregate(records)
+  assert s["a"]["em"] == {"mean": 20.0, "std": 10.0, "n": 2}
+  assert s["average"]["em"]["mean"] == 40.0
+  # Seed 0 averages 30, seed 1 averages 50: std over seeds of the task average.
+  assert s["average"]["em"]["std"] == 10.0
+  summary = save_results(str(tmp_path), records, title="t")
+  table = (tmp_path / "results.md").read_text()
+  assert "| a | 20.00 ± 10.00 |" in table and "| **average** | 40.00 ± 10.00 |" in table
+  assert json.loads((tmp_path / "results.json").read_text())["summary"] == summary
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp_")]
+
+
+def test_routing_probabilities_average_layers_and_normalise(tmp_path):
+  z1 = np.zeros((2, 1, 3)); z1[0, 0, 0] = 50.0  # task 0 strongly prefers skill 0
+  z2 = np.zeros((2, 1, 3))
+  params = {"enc": {"q": {"adapter": {"router": {"routing_logits": z1}}}},
+            "dec": {"q": {"adapter": {"router": {"routing_logits": z2}}}}}
+  p = routing_probabilities(params)
+  np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-9)
+  w = 1 / (1 + np.exp(-0.0))
+  expected_layer1 = np.array([1.0, w, w]) / (1.0 + 2 * w)
+  np.testing.assert_allclose(p[0, 0], (expected_layer1 + np.ones(3) / 3) / 2, atol=1e-9)
+  np.testing.assert_allclose(p[1, 0], np.ones(3) / 3, atol=1e-9)
+  with pytest.raises(ValueError, match="no parameter named 'routing_logits'"):
+    routing_probabilities({"kernel": np.zeros(2)})
+  path = save_routing_heatmap(p, str(tmp_path / "r.png"), ["t0", "t1"])
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+class _Vocab:
+  def encode(self, s):
+    return [ord(c) + 2 for c in s]
+
+
+def test_choice_scores_regroup_per_example_and_accuracy():
+  examples = [{"inputs": "x", "choices": ["a", "bb", "c"], "label": 1, "task_id": 0},
+              {"inputs": "y", "choices": ["dd", "e"], "label": 0, "task_id": 0}]
+
+  def score_fn(batch):  # score = number of target tokens, so longer choices win
+    return batch["decoder_loss_weights"].sum(-1).astype(np.float32)
+
+  scores = choice_scores(score_fn, _Vocab(), examples, 4, 4, batch_size=2)
+  np.testing.assert_array_equal(scores[0], [2, 3, 2])
+  np.testing.assert_array_equal(scores[1], [3, 2])
+  assert rank_classification_accuracy(scores, [1, 0]) == 100.0
+  assert rank_classification_accuracy(scores, [0, 1]) == 0.0
