@@ -38,8 +38,9 @@ def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
                                                1.5 + 0.3 * n_tasks), squeeze=False)
   for h in range(n_heads):
     ax = axes[0, h]
-    im = ax.imshow(probs[:, h, :], aspect="auto", cmap="viridis", vmin=0.0,
-                   vmax=max(float(probs.max()), 1e-6))
+    # Colour range spans the data: early routing sits near uniform (1/skills).
+    im = ax.imshow(probs[:, h, :], aspect="auto", cmap="viridis", vmin=float(probs.min()),
+                   vmax=max(float(probs.max()), float(probs.min()) + 1e-6))
     ax.set_title(f"head {h}" if n_heads > 1 else "routing")
     ax.set_xlabel("skill")
     ax.set_xticks(range(n_skills))
