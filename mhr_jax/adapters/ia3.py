@@ -16,18 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
 
 
-class IA3Adapter(nn.Module):
+class IA3Adapter(ProjectionAdapter):
   """Called as layer(x, y, inputs, kernel) -> y'; the kernel is needed by feedforward targets."""
-
-  config: Any  # AdapterConfig
-  in_features: int
-  out_features: int
-  kernel_axes: tuple[str, str]
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array, inputs: Optional[AdapterInputs],

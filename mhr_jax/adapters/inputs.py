@@ -1,10 +1,12 @@
-"""What every adapted projection is told about the current batch."""
+"""The contract between a projection and its adapter: routing context and interface."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -25,3 +27,17 @@ class AdapterInputs:
   routing_weights: Optional[jax.Array] = None
   single_task: bool = struct.field(pytree_node=False, default=False)
   deterministic: bool = struct.field(pytree_node=False, default=True)
+
+
+class ProjectionAdapter(nn.Module):
+  """Base of every adapter module; the projection calls it as
+  `layer(x, y, adapter_inputs, kernel=kernel) -> y'` with x [b, l, in] and
+  y = x @ kernel [b, l, out].
+  """
+
+  config: Any  # AdapterConfig
+  in_features: int
+  out_features: int
+  kernel_axes: tuple[str, str]
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32

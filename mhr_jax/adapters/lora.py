@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
 
 
 def kaiming_uniform_init(fan_in: int):
@@ -44,15 +44,8 @@ def input_dropout(x: jax.Array, rate: float, inputs: Optional[AdapterInputs]) ->
   return nn.Dropout(rate)(x, deterministic=False)
 
 
-class LoraAdapter(nn.Module):
+class LoraAdapter(ProjectionAdapter):
   """One LoRA on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
-
-  config: Any  # AdapterConfig
-  in_features: int
-  out_features: int
-  kernel_axes: tuple[str, str]
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array, inputs: Optional[AdapterInputs],

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
 from mhr_jax.adapters.lora import input_dropout, kaiming_uniform_init, lora_delta
 from mhr_jax.adapters.routing import router_from_config
 
@@ -52,15 +52,8 @@ def mix_skills(weights: jax.Array, skill_a: jax.Array, skill_b: jax.Array
   return a, b
 
 
-class PolyAdapter(nn.Module):
+class PolyAdapter(ProjectionAdapter):
   """A skill inventory on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
-
-  config: Any  # AdapterConfig
-  in_features: int
-  out_features: int
-  kernel_axes: tuple[str, str]
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array, inputs: Optional[AdapterInputs],
