@@ -10,7 +10,7 @@ targets k, v, wo with wo feedforward). Parameter: `ia3_scale`.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax

@@ -12,7 +12,7 @@ Parameters: `lora_a` (kernel input axis, 'lora_rank'), `lora_b`
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax

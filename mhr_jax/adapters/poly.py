@@ -24,7 +24,7 @@ one per example; evaluation is identical.)
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
