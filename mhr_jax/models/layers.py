@@ -160,12 +160,11 @@ class MlpBlock(nn.Module):
     return dense("wo", x.shape[-1], ("mlp", "embed"))(h, adapter_inputs)
 
 
-def padding_bias(query_mask: Optional[jax.Array], key_mask: jax.Array) -> jax.Array:
-  """Additive mask [b, 1, 1|q, k]: 0 where keys are real tokens, _MASK_VALUE where padding.
+def padding_bias(key_mask: jax.Array) -> jax.Array:
+  """Additive mask [b, 1, 1, k]: 0 where keys are real tokens, _MASK_VALUE where padding.
 
   Only keys are masked (as in HF T5); padded query rows are left to the loss weights.
   """
-  del query_mask
   return jnp.where(key_mask[:, None, None, :], 0.0, _MASK_VALUE).astype(jnp.float32)
 
 

@@ -106,7 +106,7 @@ class Encoder(nn.Module):
     bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
                                   bidirectional=True, name="relpos_bias", **kw)(length, length)
-    bias = bias + padding_bias(None, input_mask)
+    bias = bias + padding_bias(input_mask)
     x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = _stack(EncoderLayer, cfg, cfg.num_layers, x, (bias, adapter_inputs),
                deterministic=deterministic, adapter=self.adapter)
@@ -145,7 +145,7 @@ class Decoder(nn.Module):
                                     cfg.relative_attention_max_distance, cfg.num_heads,
                                     bidirectional=False, name="relpos_bias", **kw)
     self_bias = relpos(q_len, k_len, offset) + causal_bias(q_len, k_len, offset)
-    cross_bias = padding_bias(None, encoder_mask)
+    cross_bias = padding_bias(encoder_mask)
     y = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     y = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, y,
                (self_bias, encoded, cross_bias, adapter_inputs, decode_index),
