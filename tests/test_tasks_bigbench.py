@@ -3,38 +3,18 @@
 Never downloads: `prepare` is given a fake sdist built here in BIG-bench's layout.
 """
 
-import io
 import json
 import os
-import tarfile
-import zipfile
 
 import pytest
 
 import tasks
 from tasks import bigbench, registry, sources, splits
 from tasks.bigbench import fetch as bb_prepare
+from tests.task_fixtures import (BB_GEN_TASK, BB_MC_TASK, BB_SUBTASK, fake_bigbench_download,
+                                 write_bigbench_sdist)
 
-MC_TASK = {
-    "name": "toy_mc", "description": "pick", "keywords": ["multiple choice"],
-    "task_prefix": "Answer the question.\n",
-    "example_input_prefix": "\nQuestion: ", "example_output_prefix": "\nAnswer: ",
-    "choice_prefix": "\n option: ",
-    "examples": [{"input": f"Is {i} even?", "target_scores": {"yes": int(i % 2 == 0),
-                                                            "no": int(i % 2 == 1)}}
-                 for i in range(20)],
-}
-GEN_TASK = {
-    "name": "toy_gen", "description": "copy", "keywords": [],
-    "examples": ([{"input": f"say {w}", "target": w} for w in
-                  ["red", "green", "blue", "cyan", "pink", "gray", "gold", "teal"]] +
-                 [{"input": "a colour with two names", "target": ["grey", "gray"]}]),
-}
-PARENT_WITH_SUBTASKS = {"name": "toy_parent", "description": "has subtasks", "keywords": []}
-SUBTASK = {"name": "toy_parent:easy", "description": "sub", "keywords": [],
-           "append_choices_to_input": False,
-           "examples": [{"input": f"{i}+1?", "target_scores": {str(i + 1): 1, str(i + 2): 0}}
-                        for i in range(6)]}
+MC_TASK, GEN_TASK, SUBTASK = BB_MC_TASK, BB_GEN_TASK, BB_SUBTASK
 
 
 def test_multiple_choice_examples_use_target_scores_and_prefixes():
@@ -76,34 +56,9 @@ def test_example_splits_are_deterministic_and_disjoint():
   assert splits.split_examples("other_name", records) != a  # the order depends on the task
 
 
-def _write_sdist(path, fmt="tar"):
-  files = {
-      "toy_mc/task.json": MC_TASK, "toy_gen/task.json": GEN_TASK,
-      "toy_parent/task.json": PARENT_WITH_SUBTASKS, "toy_parent/easy/task.json": SUBTASK,
-  }
-  prefix = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-  extra = {"bigbench-1.0.0/setup.py": "", prefix + "toy_mc/README.md": "not a task"}
-  if fmt == "tar":
-    with tarfile.open(path, "w:gz") as tf:
-      for name, content in [*((prefix + k, json.dumps(v)) for k, v in files.items()),
-                            *extra.items()]:
-        data = content.encode()
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
-  else:
-    with zipfile.ZipFile(path, "w") as zf:
-      for k, v in files.items():
-        zf.writestr("bigbench/benchmark_tasks/" + k, json.dumps(v))
-  return path
-
-
 @pytest.fixture
 def bigbench_cache(tmp_path):
-  def fake_download(dest):
-    return _write_sdist(os.path.join(dest, "bigbench-1.0.0.tar.gz"))
-
-  cache = bb_prepare.prepare(str(tmp_path / "bb"), download=fake_download)
+  cache = bb_prepare.prepare(str(tmp_path / "bb"), download=fake_bigbench_download)
   yield cache
   registry.remove_family(bigbench.FAMILY)
 
@@ -128,7 +83,8 @@ def test_prepare_extracts_tasks_and_subtasks_atomically(bigbench_cache, tmp_path
 def test_prepare_reads_wheels_too(tmp_path):
   cache = bb_prepare.prepare(
       str(tmp_path / "bbw"),
-      download=lambda d: _write_sdist(os.path.join(d, "bigbench-1.0.0-py3-none-any.whl"), "zip"))
+      download=lambda d: write_bigbench_sdist(os.path.join(d, "bigbench-1.0.0-py3-none-any.whl"),
+                                              "zip"))
   assert len(json.load(open(os.path.join(cache, "index.json")))["tasks"]) == 3
 
 
@@ -137,7 +93,7 @@ def test_pip_download_command_is_the_only_download(monkeypatch, tmp_path):
 
   def fake_run(cmd, **kwargs):
     calls.append(cmd)
-    _write_sdist(os.path.join(tmp_path, "bigbench-1.0.0.tar.gz"))
+    write_bigbench_sdist(os.path.join(tmp_path, "bigbench-1.0.0.tar.gz"))
     return type("R", (), {"returncode": 0, "stderr": ""})()
 
   monkeypatch.setattr(bb_prepare.subprocess, "run", fake_run)

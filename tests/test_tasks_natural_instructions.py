@@ -1,39 +1,17 @@
 """Super-NaturalInstructions on tiny task files in the clone's layout."""
 
-import json
-import os
-
 import pytest
 
 import tasks
 from tasks import natural_instructions as ni
 from tasks import registry
-
-
-def _task(name, n, outputs=lambda i: [f"out{i}"]):
-  return {
-      "Definition": [f"Do the {name} thing."],
-      "Positive Examples": [{"input": "x1", "output": "y1", "explanation": "."},
-                            {"input": "x2", "output": "y2.", "explanation": "."},
-                            {"input": "x3", "output": "y3", "explanation": "."}],
-      "Negative Examples": [{"input": "bad", "output": "worse", "explanation": "."}],
-      "Instances": [{"id": f"{name}-{i}", "input": f"{name} input {i}", "output": outputs(i)}
-                    for i in range(n)],
-  }
+from tests.task_fixtures import write_ni_clone
 
 
 @pytest.fixture(scope="module")
 def ni_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("natural-instructions")
-  os.makedirs(root / "tasks")
-  os.makedirs(root / "splits" / "default")
-  files = {"task001_alpha": _task("alpha", 30), "task002_beta": _task("beta", 10),
-           "task003_gamma": _task("gamma", 20, outputs=lambda i: [f"g{i}", f"G{i}"])}
-  for name, content in files.items():
-    (root / "tasks" / f"{name}.json").write_text(json.dumps(content))
-  (root / "splits" / "default" / "train_tasks.txt").write_text("task001_alpha\ntask002_beta\n")
-  (root / "splits" / "default" / "test_tasks.txt").write_text("task003_gamma\ntask999_missing\n")
-  fam = ni.register_natural_instructions(str(root), num_positive=2)
+  root = write_ni_clone(str(tmp_path_factory.mktemp("natural-instructions")))
+  fam = ni.register_natural_instructions(root, num_positive=2)
   yield root, fam
   registry.remove_family(ni.FAMILY)
 

@@ -5,39 +5,18 @@ instead of TFDS, so no TFDS data is needed; everything after the source is
 the registered task's own preprocessing.
 """
 
-import json
-import os
 
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 
 import tasks
 from tasks import registry, t0
-
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "t0_tfds_records.json")
-RECORDS = json.load(open(FIXTURE))
-
-
-def fixture_source(task: t0.T0Task) -> seqio.DataSource:
-  records = RECORDS[task.name]
-
-  def dataset_fn(split, shuffle_files, seed=None):
-    del split, shuffle_files, seed
-    columns = {}
-    for key in records[0]:
-      values = [r[key] for r in records]
-      # TFDS gives int64 class labels / ints and strings (or string sequences).
-      columns[key] = tf.constant(values, tf.int64 if isinstance(values[0], int) else tf.string)
-    return tf.data.Dataset.from_tensor_slices(columns)
-
-  return seqio.FunctionDataSource(dataset_fn, splits=tuple(task.splits))
-
+from tests.task_fixtures import t0_fixture_source
 
 @pytest.fixture(scope="module", autouse=True)
 def t0_on_fixtures():
-  t0.register_t0(source_fn=fixture_source)
+  t0.register_t0(source_fn=t0_fixture_source)
   yield
   t0.register_t0()
 

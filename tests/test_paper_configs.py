@@ -1,0 +1,106 @@
+"""The paper-scale configs run as written, on a tiny local HF checkpoint and fixture data.
+
+Only the sizes shrink (sequence lengths, batch, steps, k, seeds); the
+configs' own numerics stay on: bfloat16, scanned layers, rematerialisation,
+a frozen backbone loaded from a Hugging Face directory with its spiece.model,
+adapters on every linear layer, and each file's data families (BIG-bench
+pre-training -> T0 held-out tasks; Super-NaturalInstructions train -> test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+import tasks
+from mhr_jax import gin_cli
+from mhr_jax.experiment import pipeline, stages
+from tasks import bigbench, natural_instructions, registry, t0
+from tasks.bigbench import fetch as bb_fetch
+from tests.task_fixtures import (fake_bigbench_download, save_hf_checkpoint_with_vocab,
+                                 t0_fixture_source, write_ni_clone)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+SMALL = [
+    "mhr_jax.DataConfig.input_length = 48", "mhr_jax.DataConfig.target_length = 8",
+    "mhr_jax.DataConfig.batch_size = 4", "mhr_jax.DataConfig.eval_batch_size = 4",
+    "train_multitask.steps = 2", "train_multitask.checkpoint_every = 2",
+    "train_multitask.log_every = 1", "train_multitask.show_progress = False",
+    "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)", "adapt_heldout.k = 2",
+    "adapt_heldout.log_every = 1", "adapt_heldout.max_eval_examples = 2",
+    "adapt_heldout.show_progress = False",
+]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+  # d_model and d_ff divisible by the configs' 32 routing heads.
+  return save_hf_checkpoint_with_vocab(str(tmp_path / "hf"), d_model=32, d_ff=64, num_heads=4,
+                                       d_kv=8)
+
+
+@pytest.fixture
+def paper_data(tmp_path):
+  """BIG-bench, T0 and NI families registered on fixtures; restored afterwards."""
+  bigbench.register_bigbench(
+      cache_dir=bb_fetch.prepare(str(tmp_path / "bb"), download=fake_bigbench_download),
+      heldout_fraction=0.0)
+  t0.register_t0(source_fn=t0_fixture_source)
+  natural_instructions.register_natural_instructions(write_ni_clone(str(tmp_path / "ni")))
+  gin.clear_config()
+  yield
+  gin.clear_config()
+  for family in (bigbench.FAMILY, natural_instructions.FAMILY):
+    registry.remove_family(family)
+  t0.register_t0()
+
+
+@pytest.mark.parametrize("config, heldout, train_tasks", [
+    ("t0_3b.gin", "t0_rte", ["bigbench_toy_gen", "bigbench_toy_mc", "bigbench_toy_parent.easy"]),
+    ("t5xl_sni.gin", "ni_task003_gamma", ["ni_task001_alpha", "ni_task002_beta"]),
+])
+def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, checkpoint,
+                                                 paper_data, tmp_path):
+  out = str(tmp_path / "run")
+  gin_cli.parse([os.path.join(CONFIGS, "experiments", config)],
+                SMALL + [f"HF_CHECKPOINT = '{checkpoint}'", f"run.output_dir = '{out}'",
+                         f"adapt_heldout.tasks = ['{heldout}']"], [CONFIGS, ROOT])
+  methods = gin.query_parameter("run.adapt_methods")
+  summaries = pipeline.run()
+  assert sorted(summaries) == sorted(methods)
+
+  # The multi-task checkpoint: the checkpoint's architecture, bf16 compute, the mixture's ids.
+  model_config, adapter, params, extra = stages.load_multitask(os.path.join(out, "multitask"))
+  assert model_config.d_model == 32 and model_config.vocab_size == 126
+  assert model_config.dtype == "bfloat16" and model_config.scan_layers and model_config.remat
+  assert adapter.n_heads == gin.query_parameter("mhr_jax.AdapterConfig.n_heads")
+  assert extra["task_ids"] == {name: i for i, name in enumerate(train_tasks)}
+  assert extra["hf_checkpoint"] == checkpoint
+  with open(os.path.join(out, "multitask", "train_history.json")) as f:
+    history = json.load(f)
+  assert all(np.isfinite(h["loss"]) for h in history)
+
+  # The backbone stayed frozen at the checkpoint's values; the adapters moved.
+  from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
+  _, pretrained = load_hf_checkpoint(checkpoint, scan_layers=True)  # the trained tree's layout
+  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  flat, ref = flatten_params(params), flatten_params(pretrained)
+  for key, value in ref.items():
+    np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)
+  assert any(k not in ref for k in flat)  # adapter parameters exist
+
+  for method in methods:
+    with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
+      records = json.load(f)["records"]
+    assert [(r["task"], r["seed"]) for r in records] == [(heldout, 0)]
+    metric = "accuracy" if heldout.startswith("t0_") else "rouge_l"
+    assert 0.0 <= records[0][metric] <= 100.0
+  with open(os.path.join(out, "summary.md")) as f:
+    summary = f.read()
+  assert all(f"| {m} |" in summary for m in methods), summary
