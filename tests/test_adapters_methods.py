@@ -7,16 +7,21 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
+from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
+from mhr_jax.training.state import TrainState
 from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
 
 CONFIG = tiny_config(num_layers=1)
 IDS = np.array([0, 0, 0, 0], np.int32)  # adaptation: the new task is task 0
+# Constant rates and no warmup, so Adam's first update is about the rate itself.
+OPTIMIZER, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, routing_learning_rate=0.5,
+                                              weight_decay=0.1, warmup_fraction=0.0,
+                                              schedule="constant"), total_steps=10)
 REQUIRED = ("lora", "shared_lora", "poly", "mhr", "mhr_z", "mhr_mu", "poly_mu", "ia3", "full")
 
 
@@ -145,37 +150,44 @@ def test_gradients_and_updates_touch_exactly_the_trained_parameters(group):
       if path in trained:
         assert np.abs(np.asarray(g)).max() > 0, f"{method}: no gradient on {path}"
 
-    tx = methods.make_optimizer(method, params, learning_rate=1e-2, routing_learning_rate=0.5,
-                                weight_decay=0.1)
-    state = tx.init(params)
-    updates, _ = jax.jit(tx.update)(grads, state, params)
-    for path, u in _flat(updates).items():
-      moved = np.abs(np.asarray(u)).max() > 0
-      assert moved == (path in trained), f"{method}: update on {path} is {'non' * moved}zero"
-      if path in trained and methods.param_group(path) == "routing":
+    # The stages' optimizer runs over the trainable split of the state only.
+    state = TrainState.create(params, methods.trainable_predicate(method), OPTIMIZER,
+                              jax.random.PRNGKey(0))
+    assert set(state.trainable) == trained
+    flat_grads = _flat(grads)
+    updates, _ = jax.jit(OPTIMIZER.update)({k: flat_grads[k] for k in state.trainable},
+                                           state.opt_state, state.trainable)
+    for path, u in updates.items():
+      assert np.abs(np.asarray(u)).max() > 0, f"{method}: no update on {path}"
+      if methods.param_group(path) == "routing":
         assert 0.3 < np.abs(np.asarray(u)).max() <= 0.5 + 1e-6  # Adam's first step ~ lr
-      elif path in trained:
+      else:
         assert np.abs(np.asarray(u)).max() < 0.1
     # The frozen parameters carry no optimizer state: only Adam's two moments
     # of the trained arrays (plus step counters) are stored.
     n_trained = methods.count_parameters(params, mask=lambda p: p in trained)
-    n_state = sum(np.size(x) for x in jax.tree.leaves(state))
+    n_state = sum(np.size(x) for x in jax.tree.leaves(state.opt_state))
     assert 2 * n_trained <= n_state <= 2 * n_trained + 8, method
 
 
-def test_optimizer_refuses_a_tree_with_nothing_to_train():
+def test_a_tree_with_nothing_to_train_is_refused():
   backbone = random_params(CONFIG, None)
-  with pytest.raises(ValueError, match="trains no parameter.*'routing'"):
-    methods.make_optimizer("mhr_z", backbone, 1e-3)
+  with pytest.raises(ValueError, match="no trainable parameters"):
+    TrainState.create(backbone, methods.trainable_predicate("mhr_z"), OPTIMIZER,
+                      jax.random.PRNGKey(0))
 
 
-def test_optimizer_accepts_schedules_and_adafactor():
+def test_adafactor_and_schedules_update_the_trainable_split():
   adapter, params = _adapted("mhr")
-  schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10)
-  tx = methods.make_optimizer("mhr", params, schedule, optimizer="adafactor")
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  jax.jit(tx.update)(zeros, state, params)
+  for schedule in ("linear", "cosine", "constant"):
+    tx, lr = make_optimizer(OptimizerConfig(name="adafactor", schedule=schedule,
+                                            warmup_fraction=0.2), total_steps=10)
+    assert float(lr(0)) == 0.0 and float(lr(2)) == pytest.approx(1e-3)
+    state = TrainState.create(params, methods.trainable_predicate("mhr"), tx,
+                              jax.random.PRNGKey(0))
+    grads = jax.tree.map(jnp.ones_like, state.trainable)
+    updates, _ = jax.jit(tx.update)(grads, state.opt_state, state.trainable)
+    assert all(np.isfinite(np.asarray(u)).all() for u in updates.values())
 
 
 # --- μ-averaging ------------------------------------------------------------------

@@ -44,7 +44,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.poly import mix_skills
@@ -58,9 +57,6 @@ GROUPS = ("routing", "skills", "lora", "ia3", "backbone")
 STAGES = ("multitask", "adapt")
 ROUTING_INITS = ("uniform", "mean")
 MU_AVERAGES = ("uniform", "routing")
-OPTIMIZERS = ("adamw", "adafactor")
-# Optimizer labels (see `param_labels`).
-LABELS = ("adapter", "routing", "frozen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +114,7 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
-# --- Parameter groups, masks, labels ----------------------------------------
+# --- Parameter groups and masks -----------------------------------------------
 
 
 def param_group(path: str) -> str:
@@ -171,18 +167,6 @@ def trainable_mask(method: str, params, stage: str = "adapt",
   return _map_paths(trainable_predicate(method, stage, train_backbone), params)
 
 
-def param_labels(method: str, params, stage: str = "adapt", train_backbone: bool = False) -> Any:
-  """A pytree of labels: 'routing' (trained Z), 'adapter' (other trained), 'frozen'."""
-  trains = trainable_predicate(method, stage, train_backbone)
-
-  def label(path):
-    if not trains(path):
-      return "frozen"
-    return "routing" if param_group(path) == "routing" else "adapter"
-
-  return _map_paths(label, params)
-
-
 def count_parameters(params, mask: Union[None, Callable[[str], bool], Any] = None) -> int:
   """Number of scalars in `params` (where `mask` — a path predicate or a bool tree — is True)."""
   params = flax.core.meta.unbox(params)
@@ -191,51 +175,6 @@ def count_parameters(params, mask: Union[None, Callable[[str], bool], Any] = Non
   mask = _map_paths(mask, params) if callable(mask) else flax.core.meta.unbox(mask)
   sizes = jax.tree.map(lambda x, m: int(np.size(x)) if m else 0, params, mask)
   return int(sum(jax.tree.leaves(sizes)))
-
-
-# --- Optimizer -----------------------------------------------------------------
-
-
-def _base_optimizer(name: str, learning_rate, weight_decay: float, b1: float, b2: float):
-  if name == "adafactor":
-    return optax.adafactor(learning_rate=learning_rate, weight_decay_rate=weight_decay or None)
-  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
-
-
-def make_optimizer(method: str, params, learning_rate, routing_learning_rate=None,
-                   weight_decay: float = 0.0, *, stage: str = "adapt",
-                   train_backbone: bool = False, optimizer: str = "adamw",
-                   clip_grad_norm: Optional[float] = 1.0, routing_weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
-  """An optimizer over the *full* parameter tree that only moves what `method` trains.
-
-  `optax.multi_transform` with labels 'adapter' / 'routing' / 'frozen' (see
-  `param_labels`): frozen parameters get `set_to_zero()` and keep no
-  optimizer state; routing logits have their own learning rate (default:
-  `learning_rate`) and weight decay (default 0). Frozen gradients are zeroed
-  before global-norm clipping, so they do not count towards the norm.
-  Learning rates may be floats or optax schedules (e.g. warmup + decay from
-  `mhr_jax.training.optimizer.learning_rate_schedule`).
-
-  `params` is only used to check that something is trainable.
-  """
-  _choice("optimizer", optimizer, OPTIMIZERS)
-  labels = lambda p: param_labels(method, p, stage, train_backbone)
-  n_trained = count_parameters(params, trainable_mask(method, params, stage, train_backbone))
-  if n_trained == 0:
-    raise ValueError(f"method {method!r} ({stage}) trains no parameter of this tree: it trains "
-                     f"{sorted(trained_groups(method, stage, train_backbone))}")
-  routing_lr = learning_rate if routing_learning_rate is None else routing_learning_rate
-  steps = [optax.masked(optax.set_to_zero(),
-                        lambda p: jax.tree.map(lambda l: l == "frozen", labels(p)))]
-  if clip_grad_norm:
-    steps.append(optax.clip_by_global_norm(clip_grad_norm))
-  steps.append(optax.multi_transform({
-      "adapter": _base_optimizer(optimizer, learning_rate, weight_decay, b1, b2),
-      "routing": _base_optimizer(optimizer, routing_lr, routing_weight_decay, b1, b2),
-      "frozen": optax.set_to_zero(),
-  }, labels))
-  return optax.chain(*steps)
 
 
 # --- Multi-task stage ------------------------------------------------------------

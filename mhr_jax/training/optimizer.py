@@ -2,8 +2,9 @@
 
 The optimizer only ever sees the trainable parameters (see `state.py`), so a
 frozen backbone carries no optimizer state. Routing logits (paths ending in
-`routing_logits`) get `routing_learning_rate`; everything else
-`learning_rate`.
+`routing_logits`) get `routing_learning_rate` and `routing_weight_decay` (default 0: decay
+would pull the routing towards uniform); everything else `learning_rate`
+and `weight_decay`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class OptimizerConfig:
   warmup_fraction: float = 0.06
   schedule: str = "linear"  # decay after warmup, to 0 at the last step
   weight_decay: float = 0.0
+  routing_weight_decay: float = 0.0
   clip_grad_norm: Optional[float] = 1.0
   b1: float = 0.9
   b2: float = 0.999
@@ -55,10 +57,10 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def _base(config: OptimizerConfig, lr) -> optax.GradientTransformation:
+def _base(config: OptimizerConfig, lr, weight_decay: float) -> optax.GradientTransformation:
   if config.name == "adafactor":
-    return optax.adafactor(learning_rate=lr, weight_decay_rate=config.weight_decay or None)
-  return optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    return optax.adafactor(learning_rate=lr, weight_decay_rate=weight_decay or None)
+  return optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=weight_decay)
 
 
 def param_label(path: str) -> str:
@@ -74,7 +76,8 @@ def make_optimizer(config: OptimizerConfig, total_steps: int
   routing_lr = learning_rate_schedule(config.routing_learning_rate or config.learning_rate,
                                       total_steps, config.warmup_fraction, config.schedule)
   labels = lambda params: {k: param_label(k) for k in params}
-  tx = optax.multi_transform({"adapter": _base(config, lr), "routing": _base(config, routing_lr)},
+  tx = optax.multi_transform({"adapter": _base(config, lr, config.weight_decay),
+                              "routing": _base(config, routing_lr, config.routing_weight_decay)},
                              labels)
   if config.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
