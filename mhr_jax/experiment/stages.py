@@ -28,7 +28,7 @@ from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import train_loop
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.training.state import TrainState
-from mhr_jax.training.step import make_train_step
+from mhr_jax.training.step import jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class Trainer:
                single_task: bool):
     self.steps, self.mesh = steps, mesh
     self.optimizer, lr_fn = make_optimizer(optimizer_config, steps)
-    self.step_fn = jax.jit(make_train_step(model, self.optimizer, single_task=single_task,
-                                           learning_rate_fn=lr_fn), donate_argnums=(0,))
+    self.step_fn = jit_train_step(make_train_step(model, self.optimizer, single_task=single_task,
+                                                  learning_rate_fn=lr_fn))
 
   def run(self, params: dict, trainable_fn, batches, *, seed: int, description: str,
           writer=None, store=None, extra=None, log_every: int = 10,
@@ -90,9 +90,11 @@ class Trainer:
     if store is not None and store.latest_step() is not None:
       state, _ = store.restore(target=state)
       log.info("%s: resumed from step %d", description, int(state.step))
-    # The step donates its state; copy so the caller's arrays (e.g. the
-    # multi-task parameters reused for every task and seed) stay alive.
-    state = jax.tree_util.tree_map(lambda x: x.copy(), partitioning.place_on_mesh(state, self.mesh))
+    # The step donates everything but the frozen parameters; copy the trainable
+    # ones so the caller's arrays (e.g. the multi-task skills that every task
+    # and seed starts from) stay alive.
+    state = partitioning.place_on_mesh(state, self.mesh)
+    state = state.replace(trainable={k: v.copy() for k, v in state.trainable.items()})
     batches = stage_data.skip(batches, int(state.step))
     ckpt = None
     if store is not None:

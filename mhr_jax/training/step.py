@@ -53,6 +53,31 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
   return step
 
 
+def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, Any]]:
+  """`jax.jit(step)` that donates every buffer of the state except the frozen parameters.
+
+  The step counter, trainable parameters, optimizer state and rng are
+  updated in place; the frozen backbone (the bulk of a PEFT model's memory)
+  is only read, so callers may keep using it (e.g. the multi-task backbone
+  shared by every held-out task and seed) without copying it first.
+  """
+
+  def inner(mutable, frozen, batch):
+    count, trainable, opt_state, rng = mutable
+    new, metrics = step(TrainState(count, trainable, frozen, opt_state, rng), batch)
+    return (new.step, new.trainable, new.opt_state, new.rng), metrics
+
+  jitted = jax.jit(inner, donate_argnums=(0,))
+
+  def call(state: TrainState, batch: Batch):
+    (count, trainable, opt_state, rng), metrics = jitted(
+        (state.step, state.trainable, state.opt_state, state.rng), state.frozen, batch)
+    return state.replace(step=count, trainable=trainable, opt_state=opt_state, rng=rng), metrics
+
+  return call
+
+
 def make_eval_loss_step(model: nn.Module, *, single_task: bool = False):
   """Returns f(params, batch) -> (summed token NLL, token count) in eval mode."""
 
