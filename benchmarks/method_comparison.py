@@ -1,0 +1,177 @@
+"""Every method on the synthetic compositional benchmark -> docs/RESULTS.md.
+
+Methods that share a multi-task stage (see each `configs/methods/*.gin`) are
+run as one pipeline: one pre-training, then each method's few-shot
+adaptation to every held-out task for every seed. The groups with the
+method files' settings:
+
+  full         -> lora, ia3, full   (backbone pre-trained alone, then a fresh
+                                     adapter / full fine-tuning per task)
+  shared_lora  -> shared_lora       (backbone + one LoRA for all tasks)
+  poly         -> poly, poly_z, poly_mu
+  mhr          -> mhr, mhr_z, mhr_mu
+
+The table reports held-out exact match (and Rouge-L), the mean over tasks,
+mean ± std over seeds, plus a per-task table; the header records the exact
+command, the commit and the machine. Written atomically.
+
+  python benchmarks/method_comparison.py                       # ~30 min on 2 CPU cores
+  python benchmarks/method_comparison.py --methods mhr,poly --gin.adapt_heldout.seeds='(0,)'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Mapping, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+EXPERIMENT = os.path.join(CONFIGS, "experiments", "synthetic.gin")
+# Order of the rows: baselines first, then routing and its ablations.
+ORDER = ("lora", "ia3", "full", "shared_lora", "poly", "poly_z", "poly_mu", "mhr", "mhr_z",
+         "mhr_mu")
+
+
+def method_file(method: str) -> str:
+  return os.path.join(CONFIGS, "methods", f"{method}.gin")
+
+
+def group_methods(methods: Sequence[str], overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+  """{multi-task method: [adaptation methods]} as the method config files say."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import pipeline  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  groups: dict[str, list[str]] = {}
+  for method in methods:
+    gin.clear_config()
+    gin_cli.parse([EXPERIMENT, method_file(method)], list(overrides), [CONFIGS, ROOT])
+    groups.setdefault(gin.query_parameter("train_multitask.method"), []).append(method)
+  gin.clear_config()
+  return groups
+
+
+def _cell(stats: Mapping[str, float]) -> str:
+  return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequence[str]],
+                     *, command: str, machine: Mapping, commit: str, settings: Mapping,
+                     wall_s: Mapping[str, float]) -> str:
+  """docs/RESULTS.md: the method table, a per-task table and how it was made.
+
+  summaries: {method: {task: {metric: {mean, std, n}}, 'average': {...}}} as
+  `mhr_jax.evaluation.results.aggregate` returns.
+  """
+  methods = [m for m in ORDER if m in summaries] + [m for m in summaries if m not in ORDER]
+  pretrain = {m: g for g, ms in groups.items() for m in ms}
+  ranked = sorted(methods, key=lambda m: -summaries[m]["average"]["exact_match"]["mean"])
+  lines = [
+      "# Results: methods on the synthetic compositional benchmark", "",
+      "Few-shot adaptation to the 8 held-out skill compositions after multi-task "
+      "pre-training on the 24 training compositions (`configs/experiments/synthetic.gin`). "
+      "Exact match and Rouge-L in %, on each held-out task's test split; each cell is the "
+      "mean over tasks, ± the standard deviation over seeds of that mean.", "",
+      f"Command: `{command}`  ",
+      f"Commit: `{commit}`  ",
+      f"Machine: {machine.get('cpu_model') or machine.get('processor', '?')}, {machine.get('cpu_count', '?')} cores, "
+      f"{machine.get('memory_gib', '?')} GiB, JAX {machine.get('jax', '?')} "
+      f"({machine.get('jax_backend', '?')}), {machine.get('date', '?')}  ",
+      "Settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items()), "",
+      "| method | multi-task stage | exact match | Rouge-L | seeds |",
+      "|---|---|---:|---:|---:|",
+  ]
+  for m in methods:
+    avg = summaries[m]["average"]
+    lines.append(f"| {m} | {pretrain.get(m, '?')} | {_cell(avg['exact_match'])} | "
+                 f"{_cell(avg['rouge_l'])} | {avg['exact_match']['n']} |")
+  lines += ["", "Ordering by exact match: " + " > ".join(ranked) + ".", "",
+            "## Per task (exact match, mean over seeds)", "",
+            "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+  tasks = sorted({t for m in methods for t in summaries[m] if t != "average"})
+  for t in tasks:
+    cells = [f"{summaries[m][t]['exact_match']['mean']:.1f}" if t in summaries[m] else ""
+             for m in methods]
+    lines.append(f"| {t} | " + " | ".join(cells) + " |")
+  lines += ["", "## Wall time per multi-task group", "",
+            "| multi-task stage | adaptation methods | wall s |", "|---|---|---:|"]
+  for g, ms in groups.items():
+    lines.append(f"| {g} | {', '.join(ms)} | {wall_s.get(g, float('nan')):.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+  try:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return sha + ("+uncommitted changes" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--methods", default=",".join(ORDER),
+                      help="comma-separated methods (default: all ten)")
+  parser.add_argument("--output_dir", default="results/method_comparison")
+  parser.add_argument("--results", default=os.path.join(ROOT, "docs", "RESULTS.md"),
+                      help="the Markdown file to write")
+  parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for a in rest:
+    if not a.startswith("--gin."):
+      parser.error(f"unrecognised argument {a!r}; gin overrides look like --gin.NAME=VALUE")
+    overrides.append(a[len("--gin."):])
+  methods = [m for m in args.methods.split(",") if m]
+
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
+  from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation.results import write_atomic  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    parser.error(f"unknown method(s) {unknown}; valid choices: {sorted(METHODS)}")
+
+  groups = group_methods(methods, overrides)
+  summaries, wall, settings = {}, {}, {}
+  quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
+  for multitask_method, adapt in groups.items():
+    gin.clear_config()
+    gin_cli.parse([EXPERIMENT, method_file(adapt[0])],
+                  overrides + (quiet if args.quiet else []) + [
+                      f"run.output_dir = '{os.path.join(args.output_dir, multitask_method)}'",
+                      "run.stage = 'pipeline'", f"run.adapt_methods = {adapt!r}"],
+                  [CONFIGS, ROOT])
+    settings = {name: gin.query_parameter(name) for name in (
+        "train_multitask.steps", "adapt_heldout.k", "adapt_heldout.steps",
+        "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
+    t0 = time.time()
+    summaries.update(pipeline.run())
+    wall[multitask_method] = time.time() - t0
+  gin.clear_config()
+  command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
+  text = results_markdown(summaries, groups, command=command.strip(),
+                          machine={**common.machine_info(), "cpu_count": os.cpu_count()},
+                          commit=_commit(), settings=settings, wall_s=wall)
+  os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+  write_atomic(args.results, text)
+  write_atomic(os.path.join(args.output_dir, "summaries.json"), json.dumps(summaries, indent=1))
+  print(text)
+  print(f"wrote {args.results}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""benchmarks/method_comparison.py: method groups, the RESULTS.md table, one tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from benchmarks import method_comparison as mc
+from tests.test_run_stages import MICRO
+
+
+def test_groups_follow_the_method_config_files():
+  groups = mc.group_methods(mc.ORDER)
+  assert groups == {"full": ["lora", "ia3", "full"], "shared_lora": ["shared_lora"],
+                    "poly": ["poly", "poly_z", "poly_mu"], "mhr": ["mhr", "mhr_z", "mhr_mu"]}
+
+
+def _summary(em_by_task: dict[str, list[float]]) -> dict:
+  from mhr_jax.evaluation.results import aggregate  # pylint: disable=g-import-not-at-top
+  records = [{"task": t, "seed": s, "exact_match": v, "rouge_l": v + 1.0}
+             for t, values in em_by_task.items() for s, v in enumerate(values)]
+  return aggregate(records)
+
+
+def test_results_markdown_orders_rows_and_reports_seed_spread():
+  summaries = {"mhr": _summary({"a": [10.0, 20.0], "b": [30.0, 40.0]}),
+               "lora": _summary({"a": [5.0, 5.0], "b": [15.0, 25.0]})}
+  text = mc.results_markdown(summaries, {"full": ["lora"], "mhr": ["mhr"]},
+                             command="python benchmarks/method_comparison.py", commit="abc123",
+                             machine={"cpu_model": "Test CPU", "cpu_count": 2, "jax": "0.x"},
+                             settings={"adapt_heldout.k": 16}, wall_s={"full": 12.0, "mhr": 30.0})
+  rows = [l for l in text.splitlines() if l.startswith("| lora |") or l.startswith("| mhr |")]
+  # lora first (baselines lead); task means 5 / 20 -> 12.5, seed means 10 / 15 -> std 2.5.
+  assert rows[0] == "| lora | full | 12.50 ± 2.50 | 13.50 ± 2.50 | 2 |"
+  # mhr: (15 + 35) / 2 = 25; seed means 20 / 30 -> std 5.
+  assert rows[1] == "| mhr | mhr | 25.00 ± 5.00 | 26.00 ± 5.00 | 2 |"
+  assert "Ordering by exact match: mhr > lora." in text
+  assert "| a | 5.0 | 15.0 |" in text and "| b | 20.0 | 35.0 |" in text
+  assert "Command: `python benchmarks/method_comparison.py`" in text and "Test CPU" in text
+  assert "| mhr | mhr | 30 |" in text
+
+
+def test_one_group_runs_and_writes_results(tmp_path):
+  results = tmp_path / "RESULTS.md"
+  argv = ["--methods", "shared_lora", "--output_dir", str(tmp_path / "out"), "--results",
+          str(results), "--quiet"] + [f"--gin.{b.replace(' ', '')}" for b in MICRO]
+  assert mc.main(argv) == 0
+  text = results.read_text()
+  assert "| shared_lora | shared_lora |" in text and "seeds" in text
+  assert "--methods shared_lora" in text
+  summaries = json.loads((tmp_path / "out" / "summaries.json").read_text())
+  assert summaries["shared_lora"]["average"]["exact_match"]["n"] == 2  # MICRO's two seeds
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # nothing half-written
+
+
+def test_bad_arguments_name_the_valid_choices(capsys):
+  with pytest.raises(SystemExit):
+    mc.main(["--methods", "mhr,bogus"])
+  assert "unknown method(s) ['bogus']" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    mc.main(["--steps=3"])
+  assert "--gin.NAME=VALUE" in capsys.readouterr().err
