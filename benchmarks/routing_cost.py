@@ -9,6 +9,8 @@ of every attention, same rank. Sections:
   n_skills: MHR-4 with 2 -> 32 skills
   batches:  MHR-4, mixed task ids vs one task per batch, without / with the
             `single_task=True` fast path
+  shapes:   LoRA and MHR-4 at batch 8 -> 32 and input length 64 -> 256
+            (MHR's ratio to LoRA as the batch and the sequence grow)
 
 Every variant is compiled first; then timed blocks of all variants are
 interleaved over several rounds (so load drift on a shared host hits all
@@ -27,6 +29,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+
 from benchmarks import common  # noqa: E402
 from mhr_jax.adapters.config import AdapterConfig  # noqa: E402
 from mhr_jax.models import T5Config  # noqa: E402
@@ -37,7 +41,7 @@ QUICK = dict(FULL, d_model=64, d_kv=16, d_ff=256, input_len=32, target_len=16)
 
 
 def variants(c, quick):
-  """name -> (adapter kwargs, single_task batch?, single_task fast path?)."""
+  """name -> (adapter kwargs, single_task batch?, single_task fast path?, shape overrides)."""
   base = dict(kind="poly", n_heads=c["heads"], n_tasks=c["n_tasks"], n_skills=c["n_skills"])
   v = {"lora": (dict(kind="lora"), False, False),
        "poly": (dict(base, n_heads=1), False, False)}
@@ -50,6 +54,11 @@ def variants(c, quick):
     v[f"skills{s}"] = (dict(base, n_skills=s), False, False)
   v["single_task_batch"] = (base, True, False)
   v["single_task_fast_path"] = (base, True, True)
+  v = {k: (*x, {}) for k, x in v.items()}
+  if not quick:
+    for tag, shape in (("b32", dict(batch=32)), ("s256", dict(input_len=256))):
+      v[f"lora_{tag}"] = (dict(kind="lora"), False, False, shape)
+      v[f"mhr{c['heads']}_{tag}"] = (base, False, False, shape)
   return v
 
 
@@ -70,9 +79,10 @@ def main():
 
   runners = {}
   meta = {}
-  for name, (kw, single_batch, fast) in variants(c, args.quick).items():
+  for name, (kw, single_batch, fast, shape) in variants(c, args.quick).items():
     adapter = AdapterConfig(rank=c["rank"], target_modules="attention", **kw)
-    batch = common.random_batch(0, c["batch"], c["input_len"], c["target_len"], c["vocab"],
+    cs = {**c, **shape}
+    batch = common.random_batch(0, cs["batch"], cs["input_len"], cs["target_len"], c["vocab"],
                                 adapter.n_tasks, single_task=single_batch)
     t0 = time.perf_counter()
     r = common.JaxRunner(config, adapter, batch, single_task=fast)
@@ -81,6 +91,7 @@ def main():
     meta[name] = {"adapter": {k: getattr(adapter, k) for k in
                               ("kind", "rank", "n_tasks", "n_skills", "n_heads")},
                   "single_task_batch": single_batch, "single_task_fast_path": fast,
+                  "batch": cs["batch"], "input_len": cs["input_len"],
                   "compile_s": r.compile_s, "setup_s": time.perf_counter() - t0,
                   "trainable_params": r.n_trainable}
     print(f"  built {name:22s} compile {r.compile_s:5.1f}s", flush=True)
@@ -100,7 +111,7 @@ def main():
   header = ["variant", "step ms (median)", "ratio", "trainable", "compile s"]
   sections = {
       "methods (ratio vs LoRA)": ("lora", [n for n in names if n in ("lora", "poly")
-                                            or (n.startswith("mhr"))]),
+                                            or (n.startswith("mhr") and "_" not in n)]),
       f"n_tasks, MHR-{c['heads']} (ratio vs 10 tasks)": (
           "tasks10", [n for n in names if n.startswith("tasks")]),
       f"n_skills, MHR-{c['heads']} (ratio vs 2 skills)": (
@@ -109,6 +120,10 @@ def main():
           f"mhr{c['heads']}", [f"mhr{c['heads']}", "single_task_batch",
                                "single_task_fast_path"]),
   }
+  for tag, what in (("b32", "batch 32"), ("s256", "input length 256")):
+    if f"lora_{tag}" in runners:
+      sections[f"{what} (ratio vs LoRA at that shape)"] = (
+          f"lora_{tag}", [f"lora_{tag}", f"mhr{c['heads']}_{tag}"])
   for title, (ref, members) in sections.items():
     print(f"\n{title}")
     print(common.table([row(n, ref) for n in members], header))
@@ -132,16 +147,23 @@ def main():
   for k, v in checks.items():
     print(f"  {k:28s} {v['value']:.3f}  (target <= {v['target']:.2f}: "
           f"{'met' if v['met'] else 'NOT met'})")
+  for tag in ("b32", "s256"):
+    if f"lora_{tag}" in med:
+      extra[f"mhr{c['heads']}_over_lora_{tag}"] = med[f"mhr{c['heads']}_{tag}"] / med[f"lora_{tag}"]
+      extra[f"lora_{tag}_over_lora"] = med[f"lora_{tag}"] / med["lora"]
+  extra[f"mhr{c['heads']}_over_lora"] = med[f"mhr{c['heads']}"] / med["lora"]
   for k, v in extra.items():
     print(f"  {k:28s} {v:.3f}")
   print(f"load after: {load_after}")
-  payload = {"benchmark": "routing_cost", "quick": args.quick, "config": c,
+  payload = {"benchmark": "routing_cost", "quick": args.quick, "backend": jax.default_backend(),
+             "config": c,
              "target_modules": "attention",
              "timing": {"warmup_steps": 2, "rounds": rounds, "steps_per_block": steps},
              "median_step_s": med, "all_step_s": times, "variants": meta,
              "checks": checks, "ratios": extra, "load_before": load_before,
              "load_after": load_after, "machine": common.machine_info()}
-  name = args.out if not args.quick else args.out.replace(".json", "_quick.json")
+  suffix = ("_quick" if args.quick else "") + ("_gpu" if jax.default_backend() == "gpu" else "")
+  name = args.out.replace(".json", f"{suffix}.json")
   print("wrote", common.write_json(name, payload))
 
 

@@ -20,6 +20,12 @@ on CPU in jax 0.10).
 
   python benchmarks/speed_vs_peft.py            # full (~1-3 min on 2 cores, load-dependent)
   python benchmarks/speed_vs_peft.py --quick    # tiny model, a few steps
+  python benchmarks/speed_vs_peft.py --device gpu --size base   # both on the GPU
+
+On a GPU both frameworks run on the same device (torch: CUDA, eager, sdpa;
+JAX: its default backend); step times are synchronised (loss read back to
+the host after each step) and memory is the device allocator's peak
+(`torch.cuda.max_memory_allocated`, JAX's `peak_bytes_in_use`) instead of RSS.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ FULL = dict(vocab=512, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=102
             batch=16, input_len=64, target_len=32, rank=8, n_skills=8, n_heads=4, n_tasks=16)
 QUICK = dict(FULL, d_model=64, num_layers=2, d_kv=16, d_ff=256, batch=8, input_len=32,
              target_len=16)
+# For a GPU: T5-base's width and depth (d_model 768, 12+12 layers), batch 32, 256 -> 64.
+BASE = dict(vocab=32128, d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=3072,
+            batch=32, input_len=256, target_len=64, rank=8, n_skills=8, n_heads=4, n_tasks=16)
+SIZES = {"full": FULL, "quick": QUICK, "base": BASE}
 
 
 def jax_runner(c, dropout, seed=0):
@@ -58,7 +68,7 @@ def jax_runner(c, dropout, seed=0):
 class TorchRunner:
   """PEFT PolyModel (n_splits = MHR heads) on transformers' T5, model.train()."""
 
-  def __init__(self, c, dropout, threads, seed=0):
+  def __init__(self, c, dropout, threads, seed=0, device="cpu"):
     import peft  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
@@ -82,13 +92,15 @@ class TorchRunner:
     self.model = peft.get_peft_model(base, peft.PolyConfig(
         task_type="SEQ_2_SEQ_LM", r=c["rank"], n_tasks=c["n_tasks"], n_skills=c["n_skills"],
         n_splits=c["n_heads"], target_modules=["q", "v"]))
+    self.device = "cuda" if device == "gpu" else "cpu"
+    self.model.to(self.device)
     self.model.train()
     self.params = [p for p in self.model.parameters() if p.requires_grad]
     self.n_trainable = sum(p.numel() for p in self.params)
     self.opt = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=0.0)
     b = common.random_batch(seed, c["batch"], c["input_len"], c["target_len"], c["vocab"],
                             c["n_tasks"])
-    t = lambda x: torch.as_tensor(x, dtype=torch.long)
+    t = lambda x: torch.as_tensor(x, dtype=torch.long, device=self.device)
     self.inputs = dict(input_ids=t(b["encoder_input_tokens"]),
                        attention_mask=t(b["encoder_input_tokens"] > 0),
                        decoder_input_ids=t(b["decoder_input_tokens"]),
@@ -132,7 +144,7 @@ class RssSampler:
     self.peak = max(self.peak, common.rss_bytes())
 
 
-def worker(framework, c, dropout, threads, warmup, steps):
+def worker(framework, c, dropout, threads, warmup, steps, device="cpu"):
   """Runs in its own subprocess: times `steps` steps, then samples RSS over a few more.
 
   Prints one line 'RESULT_JSON {...}'. One framework per process: with XLA's
@@ -148,7 +160,7 @@ def worker(framework, c, dropout, threads, warmup, steps):
   if framework == "jax":
     runner = jax_runner(c, dropout)  # includes compilation
   else:
-    runner = TorchRunner(c, dropout, threads)
+    runner = TorchRunner(c, dropout, threads, device=device)
   setup_s = time.perf_counter() - t0
   base = common.rss_bytes()  # model, frozen weights, (jax: optimizer state, executable)
   with RssSampler() as sampler:  # first steps: activations, grads, (torch: Adam state)
@@ -175,6 +187,8 @@ def worker(framework, c, dropout, threads, warmup, steps):
     if stats and "peak_bytes_in_use" in stats:
       out["memory"]["jax_peak_bytes_in_use_mib"] = stats["peak_bytes_in_use"] / 2**20
   else:
+    if device == "gpu":
+      out["memory"]["torch_cuda_peak_mib"] = runner.torch.cuda.max_memory_allocated() / 2**20
     out["attn_implementation"] = runner.attn_implementation
     out["torch_threads"] = runner.torch.get_num_threads()
   print("RESULT_JSON " + json.dumps(out), flush=True)
@@ -182,7 +196,11 @@ def worker(framework, c, dropout, threads, warmup, steps):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="tiny model, few steps")
+  p.add_argument("--quick", action="store_true", help="same as --size quick")
+  p.add_argument("--size", choices=sorted(SIZES), default=None,
+                 help="model/batch size (default: full; 'base' is meant for a GPU)")
+  p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                 help="where both frameworks run")
   p.add_argument("--steps", type=int, default=5, help="timed steps per worker process")
   p.add_argument("--repeats", type=int, default=1,
                  help="worker processes per variant; repeats run in reverse order")
@@ -193,17 +211,22 @@ def main():
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--out", default="speed_vs_peft.json")
   args = p.parse_args()
-  c = QUICK if args.quick else FULL
+  size = args.size or ("quick" if args.quick else "full")
+  c = SIZES[size]
+  if args.device == "cpu":
+    os.environ["JAX_PLATFORMS"] = "cpu"  # the workers inherit it
   cores = common.load_info()["affinity_cores"]
   thread_list = sorted({int(t) for t in (args.threads or f"1,{cores}").split(",")})
 
   if args.worker:
-    worker(args.worker, c, args.dropout, thread_list[-1], args.warmup, args.steps)
+    worker(args.worker, c, args.dropout, thread_list[-1], args.warmup, args.steps, args.device)
     return
 
   load_before = common.load_info()
   print(f"config: {c}\nload before: {load_before}  torch threads: {thread_list}", flush=True)
-  variants = ["jax"] + [f"torch@{t}" for t in thread_list]
+  # On a GPU the torch thread count hardly matters: one torch variant.
+  variants = ["jax"] + [f"torch@{t}" for t in (thread_list if args.device == "cpu"
+                                                else thread_list[-1:])]
   order = []
   for r in range(args.repeats):
     order += variants if r % 2 == 0 else variants[::-1]
@@ -212,7 +235,7 @@ def main():
     fw, _, th = v.partition("@")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", fw, "--dropout",
            str(args.dropout), "--threads", th or str(cores), "--steps", str(args.steps),
-           "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+           "--warmup", str(args.warmup), "--size", size, "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT_JSON ")]
     if proc.returncode or not line:
@@ -257,18 +280,18 @@ def main():
     rows.append([name, f"{r['median_step_s'] * 1e3:.1f}", f"{r['tokens_per_s']:.0f}",
                  f"{common.median(r['compile_s']):.1f}" if "compile_s" in r else "-",
                  f"{m['step_peak_rss_delta_mib']:.1f}", f"{m['setup_rss_delta_mib']:.0f}",
-                 f"{m['process_peak_rss_mib']:.0f}", r["trainable_params"]])
+                 f"{m['process_peak_rss_mib']:.0f}", _device_peak(m), r["trainable_params"]])
   print()
   print(common.table(rows, ["impl", "step ms (median)", "tokens/s", "compile s",
                             "step peak dRSS MiB", "setup dRSS MiB", "process peak RSS MiB",
-                            "trainable"]))
+                            "device peak MiB", "trainable"]))
   print()
   for n, v in ratios.items():
     print(f"throughput ratio mhr_jax / {n} = {v:.2f}x")
   print(f"headline (vs fastest PEFT setting, {best_torch}) = {ratio:.2f}x  "
         f"(target >= 2.0x: {'met' if ratio >= 2.0 else 'NOT met'})")
   print(f"load after: {load_after}")
-  payload = {"benchmark": "speed_vs_peft", "quick": args.quick, "config": c,
+  payload = {"benchmark": "speed_vs_peft", "size": size, "device": args.device, "config": c,
              "dropout": args.dropout, "torch_threads": thread_list, "tokens_per_step": tokens,
              "timing": {"warmup_steps": args.warmup, "steps_per_process": args.steps,
                         "order": order},
@@ -277,8 +300,17 @@ def main():
              "target_ratio": 2.0, "target_met": ratio >= 2.0,
              "load_before": load_before, "load_after": load_after,
              "machine": common.machine_info(), "versions": _versions()}
-  name = args.out if not args.quick else args.out.replace(".json", "_quick.json")
+  suffix = ("" if size == "full" else f"_{size}") + ("_gpu" if args.device == "gpu" else "")
+  name = args.out.replace(".json", f"{suffix}.json")
   print("wrote", common.write_json(name, payload))
+
+
+def _device_peak(memory) -> str:
+  """The accelerator allocator's peak, where the framework reports one."""
+  for key in ("jax_peak_bytes_in_use_mib", "torch_cuda_peak_mib"):
+    if key in memory:
+      return f"{memory[key]:.0f}"
+  return "-"
 
 
 def _versions():

@@ -12,7 +12,7 @@ import pytest
 
 import run as run_cli
 from mhr_jax import gin_cli
-from mhr_jax.experiment import pipeline  # registers the gin configurables
+from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -76,8 +76,16 @@ def test_method_files_cover_every_method():
 
 
 @pytest.mark.parametrize("multitask_method", sorted(GROUPS))
-def test_method_configs_run_few_steps(multitask_method, tmp_path):
+def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   """Each group: one multi-task stage, then every method config's adaptation."""
+  rates = []  # the learning rate of each Trainer: multi-task first, then each method's
+  init = stages.Trainer.__init__
+
+  def recording_init(self, model, optimizer_config, *args, **kwargs):
+    rates.append(optimizer_config.learning_rate)
+    init(self, model, optimizer_config, *args, **kwargs)
+
+  monkeypatch.setattr(stages.Trainer, "__init__", recording_init)
   files = GROUPS[multitask_method]
   names = [os.path.basename(p)[:-4] for p in files]
   out = str(tmp_path / "run")
@@ -86,6 +94,8 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path):
                          f"run.adapt_methods = {names!r}"], SEARCH)
   summaries = pipeline.run()
   assert sorted(summaries) == sorted(names)
+  # synthetic.gin: adapters adapt at 1e-2, full fine-tuning at 1e-3 (learning_rate_by_method).
+  assert rates == [3e-3] + [1e-3 if m == "full" else 1e-2 for m in names]
   for method in names:
     with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
       records = json.load(f)["records"]
@@ -115,6 +125,8 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path):
     (["--gin.train_multitask.hf_checkpoint='/nonexistent/ckpt'", "--gin.run.stage=multitask",
       "--gin.run.output_dir=/tmp/unused"], "hf_checkpoint='/nonexistent/ckpt' is not a directory"),
     (["--gin.run.adapt_methods=['mhr','bogus']"], "unknown method 'bogus'"),
+    (["--gin.adapt_heldout.learning_rate_by_method={'fulll': 1e-3}", "--gin.run.stage=adapt",
+      "--gin.run.output_dir=/tmp/unused"], "unknown method(s) ['fulll']"),
 ])
 def test_cli_errors_name_the_bad_value(argv, needle, capsys):
   assert run_cli.main(argv) == 2

@@ -13,8 +13,7 @@ from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import stages
 
 
-class StageError(ValueError):
-  """An unknown stage or method name; the message lists the valid ones."""
+StageError = stages.StageError
 
 
 def _check_choice(kind: str, value: str, valid: Sequence[str]) -> None:

@@ -37,6 +37,10 @@ gin.external_configurable(AdapterConfig, module="mhr_jax")
 gin.external_configurable(OptimizerConfig, module="mhr_jax")
 
 STAGES = ("multitask", "adapt", "eval", "pipeline")
+
+
+class StageError(ValueError):
+  """An unknown stage or method name; the message lists the valid ones."""
 _NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat", "dropout_rate")
 
 
@@ -194,13 +198,23 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
                   routing_init: str = "uniform", mu_average: str = "uniform",
                   adapter_config: Optional[AdapterConfig] = None,
                   eval_split: str = "test", max_eval_examples: Optional[int] = None,
+                  learning_rate_by_method: Optional[dict] = None,
                   log_every: int = 10, show_progress: bool = True) -> dict:
   """Stage 2: few-shot adaptation to each held-out task x seed, then evaluation.
 
   Starts from the multi-task checkpoint in `multitask_dir` (default
   `output_dir/multitask`). Writes results.json / results.md under
   `output_dir/adapt_<method>` and returns the summary.
+  `learning_rate_by_method` ({method: rate}) replaces `optimizer.learning_rate`
+  for the methods it names (full fine-tuning wants a smaller rate than an adapter).
   """
+  rates = dict(learning_rate_by_method or {})
+  unknown = sorted(set(rates) - set(methods.METHODS))
+  if unknown:
+    raise StageError(f"learning_rate_by_method names unknown method(s) {unknown}; valid "
+                     f"choices: {sorted(methods.METHODS)}")
+  if method in rates:
+    optimizer = dataclasses.replace(optimizer, learning_rate=float(rates[method]))
   multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
   model_config, mt_adapter, mt_params, extra = load_multitask(multitask_dir)
   stage_dir = os.path.join(output_dir, f"adapt_{method}")
