@@ -144,6 +144,7 @@ def main(argv: Sequence[str]) -> int:
   if unknown:
     parser.error(f"unknown method(s) {unknown}; valid choices: {sorted(METHODS)}")
 
+  commit = _commit()  # before the runs: the code they ran
   groups = group_methods(methods, overrides)
   summaries, wall, settings = {}, {}, {}
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
@@ -164,7 +165,7 @@ def main(argv: Sequence[str]) -> int:
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
   text = results_markdown(summaries, groups, command=command.strip(),
                           machine={**common.machine_info(), "cpu_count": os.cpu_count()},
-                          commit=_commit(), settings=settings, wall_s=wall)
+                          commit=commit, settings=settings, wall_s=wall)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   write_atomic(args.results, text)
   write_atomic(os.path.join(args.output_dir, "summaries.json"), json.dumps(summaries, indent=1))

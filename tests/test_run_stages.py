@@ -30,6 +30,9 @@ MICRO = [
     "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
     "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
     "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
+    "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
+    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
+    "mu_zero_shot.max_eval_examples = 4",
 ]
 METHOD_FILES = sorted(glob.glob(os.path.join(CONFIGS, "methods", "*.gin")))
 
@@ -89,13 +92,23 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   files = GROUPS[multitask_method]
   names = [os.path.basename(p)[:-4] for p in files]
   out = str(tmp_path / "run")
+  zero_shot = [m for m in names if m.endswith("_mu")]  # μ zero-shot after the adaptations
   gin_cli.parse([os.path.join(CONFIGS, "experiments", "synthetic.gin"), files[0]],
                 MICRO + [f"run.output_dir = '{out}'", "run.stage = 'pipeline'",
-                         f"run.adapt_methods = {names!r}"], SEARCH)
+                         f"run.adapt_methods = {names!r}",
+                         f"run.zero_shot_methods = {zero_shot!r}"], SEARCH)
   summaries = pipeline.run()
-  assert sorted(summaries) == sorted(names)
+  assert sorted(summaries) == sorted(names + [f"{m} zero-shot" for m in zero_shot])
+  for method in zero_shot:
+    stage_dir = os.path.join(out, f"zero_shot_{method}")
+    with open(os.path.join(stage_dir, "train_history.json")) as f:
+      assert [h["step"] for h in json.load(f)] == [1, 2]  # trained on the training mixture
+    with open(os.path.join(stage_dir, "results.json")) as f:
+      records = json.load(f)["records"]
+    assert [r["task"] for r in records] == ["synthetic_caesar_then_uppercase"]
   # synthetic.gin: adapters adapt at 1e-2, full fine-tuning at 1e-3 (learning_rate_by_method).
-  assert rates == [3e-3] + [1e-3 if m == "full" else 1e-2 for m in names]
+  assert rates == ([3e-3] + [1e-3 if m == "full" else 1e-2 for m in names] +
+                   [1e-3] * len(zero_shot))  # mu_zero_shot's default optimizer
   for method in names:
     with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
       records = json.load(f)["records"]
@@ -117,7 +130,11 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--gin.run.stage=train"], "valid choices: ['multitask', 'adapt', 'eval', 'pipeline']"),
+    (["--gin.run.stage=train"],
+     "valid choices: ['multitask', 'adapt', 'zero_shot', 'eval', 'pipeline']"),
+    (["--gin.run.zero_shot_methods=['mhr']"],
+     "unknown zero-shot method 'mhr' (did you mean 'mhr_mu'?); valid choices: ['poly_mu', "
+     "'mhr_mu']"),
     (["--gin.run.bogus=1"], "doesn't have a parameter named 'bogus'"),
     (["--gin_file=does_not_exist.gin"], "'does_not_exist.gin' not found"),
     (["--gin.run.stage=adapt", "--gin.run.output_dir=/nonexistent/x"],

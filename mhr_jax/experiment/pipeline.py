@@ -34,20 +34,31 @@ def comparison_table(summaries: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _result_tables(output_dir: str, adapt_methods, zero_shot_methods) -> list[str]:
+  return ([os.path.join(output_dir, f"adapt_{m}", "results.md") for m in adapt_methods] +
+          [os.path.join(output_dir, f"zero_shot_{m}", "results.md") for m in zero_shot_methods])
+
+
 @gin.configurable
 def run(stage: str = "pipeline", output_dir: str = "results/default",
-        adapt_methods: Sequence[str] = ("mhr",)) -> dict:
+        adapt_methods: Sequence[str] = ("mhr",),
+        zero_shot_methods: Sequence[str] = ()) -> dict:
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
     stage: one of multitask, adapt, eval, pipeline.
     output_dir: where checkpoints, TensorBoard logs, plots and results go.
     adapt_methods: adaptation methods run by `pipeline` after pre-training.
+    zero_shot_methods: μ zero-shot runs (`stages.mu_zero_shot`: poly_mu, mhr_mu)
+      by `pipeline` after the adaptations; the 'zero_shot' stage runs
+      `mu_zero_shot`'s own `method`.
   """
   _check_choice("stage", stage, stages.STAGES)
   for m in adapt_methods:
     from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
     _check_choice("method", m, METHODS)
+  for m in zero_shot_methods:
+    _check_choice("zero-shot method", m, stages.mu_methods())
   t0 = time.time()
   if stage == "multitask":
     return {"stage_dir": stages.train_multitask(output_dir)}
@@ -55,12 +66,16 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     return stages.evaluate_checkpoint(output_dir)
   if stage == "adapt":
     return stages.adapt_heldout(output_dir)
+  if stage == "zero_shot":
+    return stages.mu_zero_shot(output_dir)
   stages.train_multitask(output_dir)
   summaries = {m: stages.adapt_heldout(output_dir, method=m) for m in adapt_methods}
+  summaries.update({f"{m} zero-shot": stages.mu_zero_shot(output_dir, method=m)
+                    for m in zero_shot_methods})
   table = comparison_table(summaries)
   elapsed = time.time() - t0
   report = (f"## Held-out few-shot results ({output_dir})\n\n{table}\n"
-            f"Per-task tables: {', '.join(os.path.join(output_dir, f'adapt_{m}', 'results.md') for m in adapt_methods)}\n"
+            f"Per-task tables: {', '.join(_result_tables(output_dir, adapt_methods, zero_shot_methods))}\n"
             f"Routing heatmap: {os.path.join(output_dir, 'multitask', 'routing.png')}\n"
             f"Wall time: {elapsed:.0f} s\n")
   write_atomic(os.path.join(output_dir, "summary.md"), report)

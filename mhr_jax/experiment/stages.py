@@ -36,7 +36,7 @@ gin.external_configurable(T5Config, module="mhr_jax")
 gin.external_configurable(AdapterConfig, module="mhr_jax")
 gin.external_configurable(OptimizerConfig, module="mhr_jax")
 
-STAGES = ("multitask", "adapt", "eval", "pipeline")
+STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline")
 
 
 class StageError(ValueError):
@@ -158,7 +158,7 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
                                       save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
   extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
            "adapter_config": dataclasses.asdict(adapter) if adapter else None,
-           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary}
+           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
   trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
   state, history = trainer.run(params, trainable, batches, seed=seed,
@@ -247,6 +247,65 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
       records.append({"task": task, "seed": int(seed), **metrics_})
       log.info("%s %s seed %d: %s", method, task, seed, metrics_)
   return save_results(stage_dir, records, title=f"{method}: {k}-shot on held-out tasks")
+
+
+def mu_methods() -> list[str]:
+  """The methods whose adapter is the average of the skills (Poly-μ, MHR-μ)."""
+  return [name for name, m in methods.METHODS.items() if m.adaptation == "mu"]
+
+
+@gin.configurable(denylist=["output_dir"])
+def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Optional[str] = None,
+                 mixture: Optional[str] = None, steps: int = 100,
+                 optimizer: OptimizerConfig = OptimizerConfig(),
+                 data: DataConfig = DataConfig(), mesh: MeshConfig = MeshConfig(),
+                 mu_average: str = "uniform", family: str = "synthetic",
+                 tasks: Optional[Sequence[str]] = None, eval_split: str = "test",
+                 max_eval_examples: Optional[int] = None, seed: int = 0,
+                 log_every: int = 10, show_progress: bool = True) -> dict:
+  """μ zero-shot: average the skills into one LoRA, train it on the training tasks, no few-shot.
+
+  The multi-task skills of `multitask_dir` are averaged (Poly-μ / MHR-μ, see
+  `methods.mu_params`), the routing is dropped, and the averaged adapter is
+  trained `steps` more steps on the multi-task `mixture` (default: the one the
+  checkpoint was trained on); `steps=0` keeps the plain average. Then every
+  held-out task is evaluated zero-shot. Writes results under
+  `output_dir/zero_shot_<method>` and returns the summary.
+  """
+  if method not in mu_methods():
+    raise StageError(f"mu_zero_shot method {method!r} is not a skill-averaging method; "
+                     f"valid choices: {mu_methods()}")
+  multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
+  model_config, mt_adapter, mt_params, extra = load_multitask(multitask_dir)
+  mixture = mixture or extra.get("mixture")
+  if steps > 0 and not mixture:
+    raise StageError(f"the checkpoint in {multitask_dir!r} does not record its mixture; set "
+                     "mu_zero_shot.mixture")
+  stage_dir = os.path.join(output_dir, f"zero_shot_{method}")
+  vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
+  mesh_ = mesh.build()
+  adapter, params = methods.init_adaptation_params(method, mt_params, mt_adapter,
+                                                   mu_average=mu_average)
+  model = T5(model_config, adapter=adapter)
+  params = place_params(model, params, mesh_)
+  if steps > 0:
+    trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
+    batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
+    state, history = trainer.run(params, methods.trainable_predicate(method), batches,
+                                 seed=seed, description=f"zero_shot/{method}",
+                                 writer=_writer(os.path.join(stage_dir, "tensorboard")),
+                                 log_every=log_every, show_progress=show_progress)
+    write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
+    params = state.params
+  evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
+                        data.eval_batch_size, single_task=True)
+  records = []
+  for task in (list(tasks) if tasks else stage_data.heldout_tasks(family)):
+    examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
+    records.append({"task": task, "seed": int(seed),
+                    **evaluator.evaluate(params, [{**ex, "task_id": 0} for ex in examples])})
+  return save_results(stage_dir, records,
+                      title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
 
 
 @gin.configurable(denylist=["output_dir"])
