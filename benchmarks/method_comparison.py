@@ -11,7 +11,9 @@ method files' settings:
   poly         -> poly, poly_z, poly_mu
   mhr          -> mhr, mhr_z, mhr_mu
 
-The table reports held-out exact match (and Rouge-L), the mean over tasks,
+Every μ method (poly_mu, mhr_mu) is also run as μ zero-shot (the averaged
+adapter trained on the training tasks, no few-shot data; `--no_zero_shot`
+skips it). The table reports held-out exact match (and Rouge-L), the mean over tasks,
 mean ± std over seeds, plus a per-task table; the header records the exact
 command, the commit and the machine. Written atomically.
 
@@ -36,8 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 EXPERIMENT = os.path.join(CONFIGS, "experiments", "synthetic.gin")
 # Order of the rows: baselines first, then routing and its ablations.
-ORDER = ("lora", "ia3", "full", "shared_lora", "poly", "poly_z", "poly_mu", "mhr", "mhr_z",
-         "mhr_mu")
+ORDER = ("lora", "ia3", "full", "shared_lora", "poly", "poly_z", "poly_mu", "poly_mu zero-shot",
+         "mhr", "mhr_z", "mhr_mu", "mhr_mu zero-shot")
+DEFAULT_METHODS = tuple(m for m in ORDER if " " not in m)
 
 
 def method_file(method: str) -> str:
@@ -72,6 +75,7 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
   """
   methods = [m for m in ORDER if m in summaries] + [m for m in summaries if m not in ORDER]
   pretrain = {m: g for g, ms in groups.items() for m in ms}
+  pretrain.update({f"{m} zero-shot": g for m, g in list(pretrain.items())})
   ranked = sorted(methods, key=lambda m: -summaries[m]["average"]["exact_match"]["mean"])
   lines = [
       "# Results: methods on the synthetic compositional benchmark", "",
@@ -120,12 +124,14 @@ def _commit() -> str:
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--methods", default=",".join(ORDER),
+  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                       help="comma-separated methods (default: all ten)")
   parser.add_argument("--output_dir", default="results/method_comparison")
   parser.add_argument("--results", default=os.path.join(ROOT, "docs", "RESULTS.md"),
                       help="the Markdown file to write")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  parser.add_argument("--no_zero_shot", action="store_true",
+                      help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for a in rest:
@@ -133,6 +139,8 @@ def main(argv: Sequence[str]) -> int:
       parser.error(f"unrecognised argument {a!r}; gin overrides look like --gin.NAME=VALUE")
     overrides.append(a[len("--gin."):])
   methods = [m for m in args.methods.split(",") if m]
+  # A re-run over the same --output_dir resumes each finished multi-task stage
+  # from its last checkpoint (no steps left), so only the adaptations run again.
 
   import gin  # pylint: disable=g-import-not-at-top
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
@@ -149,15 +157,19 @@ def main(argv: Sequence[str]) -> int:
   summaries, wall, settings = {}, {}, {}
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
   for multitask_method, adapt in groups.items():
+    zero_shot = [] if args.no_zero_shot else [m for m in adapt if m.endswith("_mu")]
     gin.clear_config()
     gin_cli.parse([EXPERIMENT, method_file(adapt[0])],
                   overrides + (quiet if args.quiet else []) + [
                       f"run.output_dir = '{os.path.join(args.output_dir, multitask_method)}'",
-                      "run.stage = 'pipeline'", f"run.adapt_methods = {adapt!r}"],
+                      "run.stage = 'pipeline'", f"run.adapt_methods = {adapt!r}",
+                      f"run.zero_shot_methods = {zero_shot!r}"],
                   [CONFIGS, ROOT])
     settings = {name: gin.query_parameter(name) for name in (
         "train_multitask.steps", "adapt_heldout.k", "adapt_heldout.steps",
         "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
+    if zero_shot:
+      settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
     t0 = time.time()
     summaries.update(pipeline.run())
     wall[multitask_method] = time.time() - t0

@@ -74,10 +74,12 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
                     for m in zero_shot_methods})
   table = comparison_table(summaries)
   elapsed = time.time() - t0
-  report = (f"## Held-out few-shot results ({output_dir})\n\n{table}\n"
-            f"Per-task tables: {', '.join(_result_tables(output_dir, adapt_methods, zero_shot_methods))}\n"
-            f"Routing heatmap: {os.path.join(output_dir, 'multitask', 'routing.png')}\n"
-            f"Wall time: {elapsed:.0f} s\n")
+  tables = ", ".join(_result_tables(output_dir, adapt_methods, zero_shot_methods))
+  report = f"## Held-out few-shot results ({output_dir})\n\n{table}\nPer-task tables: {tables}\n"
+  heatmap = os.path.join(output_dir, "multitask", "routing.png")
+  if os.path.exists(heatmap):  # routed methods only
+    report += f"Routing heatmap: {heatmap}\n"
+  report += f"Wall time: {elapsed:.0f} s\n"
   write_atomic(os.path.join(output_dir, "summary.md"), report)
   print("\n" + report)
   return summaries
