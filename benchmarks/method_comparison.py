@@ -41,6 +41,19 @@ EXPERIMENT = os.path.join(CONFIGS, "experiments", "synthetic.gin")
 ORDER = ("lora", "ia3", "full", "shared_lora", "poly", "poly_z", "poly_mu", "poly_mu zero-shot",
          "mhr", "mhr_z", "mhr_mu", "mhr_mu zero-shot")
 DEFAULT_METHODS = tuple(m for m in ORDER if " " not in m)
+# Everything below this line of an existing results file is hand-written
+# discussion and is kept when the file is written again.
+NOTES_MARKER = "<!-- notes below are written by hand and kept when this file is regenerated -->"
+
+
+def kept_notes(path: str) -> str:
+  """The hand-written part of an existing results file (from NOTES_MARKER on), or ''."""
+  if not os.path.exists(path):
+    return ""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  i = text.find(NOTES_MARKER)
+  return "" if i < 0 else text[i:]
 
 
 def method_file(method: str) -> str:
@@ -179,7 +192,8 @@ def main(argv: Sequence[str]) -> int:
                           machine={**common.machine_info(), "cpu_count": os.cpu_count()},
                           commit=commit, settings=settings, wall_s=wall)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-  write_atomic(args.results, text)
+  notes = kept_notes(args.results)
+  write_atomic(args.results, text + ("\n" + notes if notes else ""))
   write_atomic(os.path.join(args.output_dir, "summaries.json"), json.dumps(summaries, indent=1))
   print(text)
   print(f"wrote {args.results}")

@@ -44,12 +44,15 @@ def test_results_markdown_orders_rows_and_reports_seed_spread():
 
 def test_one_group_runs_and_writes_results(tmp_path):
   results = tmp_path / "RESULTS.md"
+  notes = mc.NOTES_MARKER + "\n\n## Discussion\n\nWritten by hand.\n"
+  results.write_text("# old numbers\n| shared_lora | 99.99 |\n\n" + notes)
   argv = ["--methods", "shared_lora", "--output_dir", str(tmp_path / "out"), "--results",
           str(results), "--quiet"] + [f"--gin.{b.replace(' ', '')}" for b in MICRO]
   assert mc.main(argv) == 0
   text = results.read_text()
   assert "| shared_lora | shared_lora |" in text and "seeds" in text
   assert "--methods shared_lora" in text
+  assert "99.99" not in text and text.endswith(notes)  # numbers replaced, notes kept
   summaries = json.loads((tmp_path / "out" / "summaries.json").read_text())
   assert summaries["shared_lora"]["average"]["exact_match"]["n"] == 2  # MICRO's two seeds
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # nothing half-written

@@ -35,6 +35,8 @@ SMALL = [
     "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)", "adapt_heldout.k = 2",
     "adapt_heldout.log_every = 1", "adapt_heldout.max_eval_examples = 2",
     "adapt_heldout.show_progress = False",
+    "mu_zero_shot.steps = 2", "mu_zero_shot.max_eval_examples = 2",
+    "mu_zero_shot.show_progress = False",
 ]
 
 
@@ -70,10 +72,12 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
   out = str(tmp_path / "run")
   gin_cli.parse([os.path.join(CONFIGS, "experiments", config)],
                 SMALL + [f"HF_CHECKPOINT = '{checkpoint}'", f"run.output_dir = '{out}'",
-                         f"adapt_heldout.tasks = ['{heldout}']"], [CONFIGS, ROOT])
+                         f"adapt_heldout.tasks = ['{heldout}']",
+                         f"mu_zero_shot.tasks = ['{heldout}']"], [CONFIGS, ROOT])
   methods = gin.query_parameter("run.adapt_methods")
+  zero_shot = gin.query_parameter("run.zero_shot_methods") if config == "t0_3b.gin" else []
   summaries = pipeline.run()
-  assert sorted(summaries) == sorted(methods)
+  assert sorted(summaries) == sorted(methods + [f"{m} zero-shot" for m in zero_shot])
 
   # The multi-task checkpoint: the checkpoint's architecture, bf16 compute, the mixture's ids.
   model_config, adapter, params, extra = stages.load_multitask(os.path.join(out, "multitask"))
@@ -95,8 +99,8 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
     np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)
   assert any(k not in ref for k in flat)  # adapter parameters exist
 
-  for method in methods:
-    with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
+  for stage, method in [("adapt", m) for m in methods] + [("zero_shot", m) for m in zero_shot]:
+    with open(os.path.join(out, f"{stage}_{method}", "results.json")) as f:
       records = json.load(f)["records"]
     assert [(r["task"], r["seed"]) for r in records] == [(heldout, 0)]
     metric = "accuracy" if heldout.startswith("t0_") else "rouge_l"
