@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+import seqio
 
+from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.metrics import rank_classification_accuracy
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
+from mhr_jax.experiment.model_setup import init_params
+from mhr_jax.models import T5, T5Config
 
 
 def test_aggregate_means_and_seed_std(tmp_path):
@@ -64,3 +70,17 @@ def test_choice_scores_regroup_per_example_and_accuracy():
   np.testing.assert_array_equal(scores[1], [3, 2])
   assert rank_classification_accuracy(scores, [1, 0]) == 100.0
   assert rank_classification_accuracy(scores, [0, 1]) == 0.0
+
+
+def test_evaluator_checks_task_ids_on_the_host():
+  config = T5Config(vocab_size=259, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                    dropout_rate=0.0)
+  model = T5(config, adapter=AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=2,
+                                           n_heads=2, target_modules="qv"))
+  params = init_params(model, jax.random.PRNGKey(0))
+  evaluator = Evaluator(model, seqio.ByteVocabulary(), 8, 4, batch_size=2)
+  examples = [{"inputs": "ab", "targets": ["b"], "task_id": t} for t in (0, 2, 1)]
+  scores = evaluator.evaluate(params, examples)
+  assert set(scores) == {"exact_match", "rouge_l"}
+  with pytest.raises(ValueError, match=r"task ids \[3\] are out of range.*n_tasks=3"):
+    evaluator.evaluate(params, examples + [{"inputs": "c", "targets": ["d"], "task_id": 3}])

@@ -92,3 +92,20 @@ def test_nonfinite_loss_stops_with_clear_message():
 
   with pytest.raises(NonFiniteLossError, match="loss became nan at or before step 2"):
     train_loop(S(), step, batch_stream(), 5, log_every=2, show_progress=False)
+
+
+def test_trainer_checks_task_ids_on_the_host(setup):
+  """The jitted step has no task-id callback; the Trainer refuses a bad batch before it."""
+  params, trainer, trainable = setup
+
+  def bad_third_batch():
+    for i, b in enumerate(batch_stream()):
+      if i == 2:
+        b = {**b, "task_ids": np.array([0, 1, 3, 2], np.int32)}  # n_tasks = 3
+      yield b
+
+  with pytest.raises(ValueError, match=r"task ids \[3\] are out of range.*n_tasks=3"):
+    trainer.run(params, trainable, bad_third_batch(), seed=0, description="bad",
+                show_progress=False)
+  # The caller's parameters survived the aborted run (only copies were donated).
+  assert all(np.isfinite(np.asarray(v)).all() for v in flatten_params(params).values())

@@ -56,18 +56,29 @@ def validate_task_ids(task_ids: Any, n_tasks: int) -> None:
     raise ValueError(_out_of_range_message(bad, n_tasks))
 
 
-def check_task_ids(task_ids: jax.Array, n_tasks: int) -> None:
+def check_task_ids(task_ids: jax.Array, n_tasks: int, in_jit: bool = True) -> None:
   """Raises on ids outside [0, n_tasks): now if `task_ids` is concrete, else when run.
 
-  Under `jit` the check is a `jax.debug.callback` (one per call, on [batch]
-  int32); its ValueError surfaces as a runtime error naming the bad ids.
+  Under `jit` (with `in_jit`) the check is a `jax.debug.callback` (one per
+  call, on [batch] int32); its ValueError surfaces as a runtime error naming
+  the bad ids. The callback synchronises with the host, so hot loops check
+  their batches on the host instead (`validate_task_ids`) and pass
+  in_jit=False.
   """
   try:
     ids = np.asarray(task_ids)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    jax.debug.callback(validate_task_ids, task_ids, n_tasks)
+    if in_jit:
+      jax.debug.callback(validate_task_ids, task_ids, n_tasks)
     return
   validate_task_ids(ids, n_tasks)
+
+
+def routing_table_size(adapter: Any) -> Optional[int]:
+  """n_tasks of a routed adapter config (the valid ids are 0..n_tasks-1), else None."""
+  if adapter is not None and getattr(adapter, "routed", False):
+    return int(adapter.n_tasks)
+  return None
 
 
 def gather_routing_logits(routing_logits: jax.Array, task_ids: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.evaluation import metrics
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
@@ -27,6 +28,7 @@ class Evaluator:
     self.vocab = vocab
     self.input_length, self.target_length = input_length, target_length
     self.batch_size = batch_size
+    self.n_tasks = routing_table_size(model.adapter)
     self._score = jax.jit(make_score_step(model, single_task=single_task))
     self._decode = jax.jit(lambda params, enc, tids: greedy_decode(
         model, params, enc, max_decode_length=target_length, task_ids=tids,
@@ -36,6 +38,8 @@ class Evaluator:
     """Returns {'accuracy'} for multiple choice, {'exact_match', 'rouge_l'} otherwise (in %)."""
     if not examples:
       raise ValueError("no evaluation examples")
+    if self.n_tasks is not None:  # on the host: the jitted calls do not check
+      validate_task_ids(np.asarray([ex["task_id"] for ex in examples]), self.n_tasks)
     if "choices" in examples[0]:
       scores = choice_scores(lambda b: self._score(params, b), self.vocab, examples,
                              self.input_length, self.target_length, self.batch_size)

@@ -18,6 +18,7 @@ import numpy as np
 from mhr_jax import partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.checkpoints import orbax as orbax_store
 from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.results import save_results, write_atomic
@@ -82,9 +83,16 @@ class Trainer:
   def __init__(self, model: T5, optimizer_config: OptimizerConfig, steps: int, mesh, *,
                single_task: bool):
     self.steps, self.mesh = steps, mesh
+    self.n_tasks = routing_table_size(model.adapter)
     self.optimizer, lr_fn = make_optimizer(optimizer_config, steps)
     self.step_fn = jit_train_step(make_train_step(model, self.optimizer, single_task=single_task,
                                                   learning_rate_fn=lr_fn))
+
+  def _put_batch(self, batch: dict) -> dict:
+    # Task ids are checked here, on the host, not inside the jitted step.
+    if self.n_tasks is not None:
+      validate_task_ids(np.asarray(batch["task_ids"]), self.n_tasks)
+    return partitioning.shard_batch(batch, self.mesh)
 
   def run(self, params: dict, trainable_fn, batches, *, seed: int, description: str,
           writer=None, store=None, extra=None, log_every: int = 10,
@@ -106,7 +114,7 @@ class Trainer:
         store.save(step, s, extra or {}, force=step == self.steps)
     state, history = train_loop(
         state, self.step_fn, batches, self.steps,
-        put_batch=lambda b: partitioning.shard_batch(b, self.mesh), writer=writer,
+        put_batch=self._put_batch, writer=writer,
         log_every=log_every, checkpoint_fn=ckpt, description=description,
         show_progress=show_progress)
     if store is not None:
