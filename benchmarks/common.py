@@ -57,12 +57,12 @@ def method_of(adapter: AdapterConfig) -> str:
 
 
 def build_jax_step(config: T5Config, adapter: AdapterConfig, *, single_task: bool = False,
-                   seed: int = 0):
+                   seed: int = 0, optimizer: OptimizerConfig = OPT):
   """(jitted step donating the non-frozen state, initial TrainState, trainable count)."""
   model = T5(config, adapter=adapter)
   params = init_params(model, jax.random.PRNGKey(seed))
   stage = "adapt" if adapter.kind == "lora" else "multitask"
-  tx, _ = make_optimizer(OPT, total_steps=1000)
+  tx, _ = make_optimizer(optimizer, total_steps=1000)
   state = TrainState.create(params, trainable_predicate(method_of(adapter), stage), tx,
                             jax.random.PRNGKey(seed + 1))
   n_trainable = int(sum(np.prod(v.shape) for v in state.trainable.values()))
@@ -73,10 +73,10 @@ def build_jax_step(config: T5Config, adapter: AdapterConfig, *, single_task: boo
 class JaxRunner:
   """Holds a compiled step and its (donated, hence rethreaded) state."""
 
-  def __init__(self, config, adapter, batch, *, single_task=False, seed=0):
+  def __init__(self, config, adapter, batch, *, single_task=False, seed=0, optimizer=OPT):
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
     self.step, self.state, self.n_trainable = build_jax_step(
-        config, adapter, single_task=single_task, seed=seed)
+        config, adapter, single_task=single_task, seed=seed, optimizer=optimizer)
     self.batch = jax.device_put(batch)
     # The first call traces and compiles (and runs one step, negligible next to compiling).
     t0 = time.perf_counter()

@@ -6,6 +6,8 @@ of every attention, same rank. Sections:
 
   methods:  LoRA, Poly (1 head), MHR with 2 / 4 / 8 heads   (target: MHR-8 <= 1.10x LoRA)
   n_tasks:  MHR-4 with 10 -> 10,000 routing rows            (target: <= 1.05x of 10 tasks)
+            with dense AdamW, and with the row-sparse routing update
+            (OptimizerConfig.sparse_routing) at 10 and 10,000 tasks
   n_skills: MHR-4 with 2 -> 32 skills
   batches:  MHR-4, mixed task ids vs one task per batch, without / with the
             `single_task=True` fast path
@@ -23,6 +25,7 @@ alike) and the median step time over all timed steps is reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -41,7 +44,8 @@ QUICK = dict(FULL, d_model=64, d_kv=16, d_ff=256, input_len=32, target_len=16)
 
 
 def variants(c, quick):
-  """name -> (adapter kwargs, single_task batch?, single_task fast path?, shape overrides)."""
+  """name -> (adapter kwargs, single_task batch?, single_task fast path?, shape overrides,
+  sparse routing update?)."""
   base = dict(kind="poly", n_heads=c["heads"], n_tasks=c["n_tasks"], n_skills=c["n_skills"])
   v = {"lora": (dict(kind="lora"), False, False),
        "poly": (dict(base, n_heads=1), False, False)}
@@ -54,11 +58,13 @@ def variants(c, quick):
     v[f"skills{s}"] = (dict(base, n_skills=s), False, False)
   v["single_task_batch"] = (base, True, False)
   v["single_task_fast_path"] = (base, True, True)
-  v = {k: (*x, {}) for k, x in v.items()}
+  v = {k: (*x, {}, False) for k, x in v.items()}
+  for n in (10, 10_000):
+    v[f"sparse_tasks{n}"] = (dict(base, n_tasks=n), False, False, {}, True)
   if not quick:
     for tag, shape in (("b32", dict(batch=32)), ("s256", dict(input_len=256))):
-      v[f"lora_{tag}"] = (dict(kind="lora"), False, False, shape)
-      v[f"mhr{c['heads']}_{tag}"] = (base, False, False, shape)
+      v[f"lora_{tag}"] = (dict(kind="lora"), False, False, shape, False)
+      v[f"mhr{c['heads']}_{tag}"] = (base, False, False, shape, False)
   return v
 
 
@@ -79,18 +85,20 @@ def main():
 
   runners = {}
   meta = {}
-  for name, (kw, single_batch, fast, shape) in variants(c, args.quick).items():
+  for name, (kw, single_batch, fast, shape, sparse) in variants(c, args.quick).items():
     adapter = AdapterConfig(rank=c["rank"], target_modules="attention", **kw)
     cs = {**c, **shape}
     batch = common.random_batch(0, cs["batch"], cs["input_len"], cs["target_len"], c["vocab"],
                                 adapter.n_tasks, single_task=single_batch)
     t0 = time.perf_counter()
-    r = common.JaxRunner(config, adapter, batch, single_task=fast)
+    opt = dataclasses.replace(common.OPT, sparse_routing=sparse)
+    r = common.JaxRunner(config, adapter, batch, single_task=fast, optimizer=opt)
     r.run(2)  # warmup
     runners[name] = r
     meta[name] = {"adapter": {k: getattr(adapter, k) for k in
                               ("kind", "rank", "n_tasks", "n_skills", "n_heads")},
                   "single_task_batch": single_batch, "single_task_fast_path": fast,
+                  "sparse_routing": sparse,
                   "batch": cs["batch"], "input_len": cs["input_len"],
                   "compile_s": r.compile_s, "setup_s": time.perf_counter() - t0,
                   "trainable_params": r.n_trainable}
@@ -114,6 +122,8 @@ def main():
                                             or (n.startswith("mhr") and "_" not in n)]),
       f"n_tasks, MHR-{c['heads']} (ratio vs 10 tasks)": (
           "tasks10", [n for n in names if n.startswith("tasks")]),
+      f"n_tasks, MHR-{c['heads']}, sparse routing update (ratio vs 10 tasks, dense)": (
+          "tasks10", [n for n in names if n.startswith("sparse_tasks")]),
       f"n_skills, MHR-{c['heads']} (ratio vs 2 skills)": (
           "skills2", [n for n in names if n.startswith("skills")]),
       f"batches, MHR-{c['heads']} (ratio vs mixed task ids)": (
@@ -133,11 +143,14 @@ def main():
   checks = {
       "mhr8_over_lora": {"value": med[h_max] / med["lora"], "target": 1.10},
       f"{tasks_max}_over_tasks10": {"value": med[tasks_max] / med["tasks10"], "target": 1.05},
+      "sparse_tasks10000_over_tasks10": {"value": med["sparse_tasks10000"] / med["tasks10"],
+                                         "target": 1.05},
   }
   for v in checks.values():
     v["met"] = v["value"] <= v["target"]
   extra = {
       "poly_over_lora": med["poly"] / med["lora"],
+      "sparse_tasks10_over_tasks10": med["sparse_tasks10"] / med["tasks10"],
       "skills32_over_skills2": med["skills32"] / med["skills2"],
       "single_task_fast_path_over_mixed": med["single_task_fast_path"] / med[f"mhr{c['heads']}"],
       "single_task_fast_path_over_single_task_batch":
@@ -145,7 +158,7 @@ def main():
   }
   print("\ntargets:")
   for k, v in checks.items():
-    print(f"  {k:28s} {v['value']:.3f}  (target <= {v['target']:.2f}: "
+    print(f"  {k:34s} {v['value']:.3f}  (target <= {v['target']:.2f}: "
           f"{'met' if v['met'] else 'NOT met'})")
   for tag in ("b32", "s256"):
     if f"lora_{tag}" in med:
@@ -153,7 +166,7 @@ def main():
       extra[f"lora_{tag}_over_lora"] = med[f"lora_{tag}"] / med["lora"]
   extra[f"mhr{c['heads']}_over_lora"] = med[f"mhr{c['heads']}"] / med["lora"]
   for k, v in extra.items():
-    print(f"  {k:28s} {v:.3f}")
+    print(f"  {k:34s} {v:.3f}")
   print(f"load after: {load_after}")
   payload = {"benchmark": "routing_cost", "quick": args.quick, "backend": jax.default_backend(),
              "config": c,

@@ -132,9 +132,18 @@ class Router(nn.Module):
   @nn.compact
   def __call__(self, task_ids: jax.Array, deterministic: bool = True) -> jax.Array:
     """task_ids [b] int -> w [b, h, s] float32 (uses rng stream 'routing' in training)."""
-    z = self.param("routing_logits",
-                   nn.with_logical_partitioning(uniform_routing_init, ROUTING_AXES),
-                   (self.n_tasks, self.n_heads, self.n_skills), self.param_dtype)
+    shape = (self.n_tasks, self.n_heads, self.n_skills)
+    if self.has_variable("params", "routing_logits") and not self.is_initializing():
+      # Any number of rows: the sparse-routing train step passes only the batch's
+      # rows (training/sparse_routing.py), with task ids renumbered into them.
+      z = nn.meta.unbox(self.get_variable("params", "routing_logits"))
+      if z.shape[1:] != shape[1:]:
+        raise ValueError(f"{'/'.join(self.path)}/routing_logits has shape {z.shape}; expected "
+                         f"[rows, n_heads={self.n_heads}, n_skills={self.n_skills}]")
+    else:
+      z = self.param("routing_logits",
+                     nn.with_logical_partitioning(uniform_routing_init, ROUTING_AXES),
+                     shape, self.param_dtype)
     logits = gather_routing_logits(z, task_ids)
     rng = None if deterministic else self.make_rng("routing")
     return routing_weights(logits, deterministic=deterministic, rng=rng,

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mhr_jax.training import sparse_routing
 from mhr_jax.training.losses import sequence_log_likelihood, weighted_cross_entropy
 from mhr_jax.training.state import TrainState, merge_params
 
@@ -31,7 +32,13 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
                     single_task: bool = False,
                     learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None):
-  """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`."""
+  """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`.
+
+  With a `SparseRoutingOptimizer` the routing logits are updated row-sparsely
+  (see sparse_routing.py); with an optax transformation, densely.
+  """
+  if isinstance(optimizer, sparse_routing.SparseRoutingOptimizer):
+    return _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn)
 
   def loss_fn(trainable, frozen, batch, rng):
     logits = model_logits(model, merge_params(trainable, frozen), batch, deterministic=False,
@@ -49,6 +56,45 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     if learning_rate_fn is not None:
       metrics["learning_rate"] = learning_rate_fn(state.step)
     return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+  return step
+
+
+def _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn):
+  """The train step of `SparseRoutingOptimizer`: the model sees only the batch's routing rows."""
+
+  def loss_fn(dense, routing_rows, frozen, batch, rng):
+    logits = model_logits(model, merge_params({**dense, **routing_rows}, frozen), batch,
+                          deterministic=False, single_task=single_task, rng=rng)
+    return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])
+
+  def step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    dense, routing = sparse_routing.split_routing(state.trainable)
+    n_tasks = {v.shape[0] for v in routing.values()}
+    if len(n_tasks) > 1:
+      raise ValueError(f"routing tables disagree on n_tasks: {sorted(n_tasks)}")
+    if routing:
+      rows, local_ids = sparse_routing.batch_rows(batch["task_ids"], n_tasks.pop())
+      batch = {**batch, "task_ids": local_ids}
+    else:
+      rows = jnp.zeros((0,), jnp.int32)
+    routing_rows = {k: sparse_routing.gather_rows(v, rows) for k, v in routing.items()}
+    (loss, tokens), (dense_grads, row_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(dense, routing_rows, state.frozen, batch, rng)
+    (dense_grads, row_grads), grad_norm = sparse_routing.clip_by_joint_norm(
+        (dense_grads, row_grads), optimizer.clip_grad_norm)
+    updates, dense_state = optimizer.dense.update(dense_grads, state.opt_state.dense, dense)
+    dense = optax.apply_updates(dense, updates)
+    routing, moments = sparse_routing.row_adamw(optimizer, state.step, routing,
+                                                state.opt_state.routing, row_grads, rows)
+    opt_state = sparse_routing.SparseRoutingState(dense_state, moments)
+    metrics = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm}
+    if learning_rate_fn is not None:
+      metrics["learning_rate"] = learning_rate_fn(state.step)
+    return state.replace(step=state.step + 1, trainable={**dense, **routing},
+                         opt_state=opt_state), metrics
 
   return step
 
