@@ -183,6 +183,36 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
   print("CHECK OK")
 
 
+def check_sparse_routing_steps(data: str, model_size: str) -> None:
+  """Three train steps with the row-sparse routing update on a mesh == on 1 device."""
+  assert jax.device_count() == 8
+  from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment.model_setup import init_params, place_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment.stages import Trainer  # pylint: disable=g-import-not-at-top
+  from mhr_jax.training.optimizer import OptimizerConfig  # pylint: disable=g-import-not-at-top
+  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  model = T5(_config("v1_1"), adapter=_adapter("poly"))
+  opt = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, sparse_routing=True)
+  trainable = methods.trainable_predicate("mhr", stage="multitask")
+  host = init_params(model, jax.random.PRNGKey(0))
+  batches = [dict(_batch(), task_ids=np.array(ids, np.int32))
+             for ids in ([0, 1, 2, 0, 1, 2, 0, 1], [2, 2, 0, 0, 2, 2, 0, 0], [1] * 8)]
+  out = []
+  for mesh in (partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1]),
+               partitioning.make_mesh(data=int(data), model=int(model_size))):
+    trainer = Trainer(model, opt, len(batches), mesh, single_task=False)
+    state, _ = trainer.run(place_params(model, host, mesh), trainable, iter(batches), seed=0,
+                           description="sparse", show_progress=False)
+    out.append({k: np.asarray(v) for k, v in flatten_params(state.params).items()})
+  one, many = out
+  moved = [k for k in one if k.endswith("routing_logits")
+           and not np.allclose(one[k], flatten_params(host)[k])]
+  assert moved, "routing did not train"
+  for k in one:
+    np.testing.assert_allclose(many[k], one[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  print("CHECK OK")
+
+
 def check_rules() -> None:
   """Rule table, divisibility fallback, unknown names, batch placement on 8 devices."""
   assert jax.device_count() == 8
@@ -262,6 +292,11 @@ def test_sharded_loss_and_grads_match_one_device(data, model_size, variant):
 @pytest.mark.skipif(not _HAS_ADAPTERS, reason="mhr_jax.adapters.{config,layers} not there yet")
 def test_sharded_routed_adapter_matches_one_device():
   _run_on_8_devices("check_equivalence", "2", "4", "v1_1", "poly")
+
+
+@pytest.mark.skipif(not _HAS_ADAPTERS, reason="mhr_jax.adapters.{config,layers} not there yet")
+def test_sparse_routing_steps_match_one_device():
+  _run_on_8_devices("check_sparse_routing_steps", "2", "4")
 
 
 def test_rules_fallbacks_and_batch_placement_on_8_devices():

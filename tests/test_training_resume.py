@@ -47,12 +47,13 @@ def interrupted(batches, n):
     yield b
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=[False, True], ids=["dense_routing", "sparse_routing"])
+def setup(request):
   model = T5(CFG, adapter=ADAPTER)
   mesh = partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1])
   params = init_params(model, jax.random.PRNGKey(0), mesh)
-  trainer = Trainer(model, OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.1), 20, mesh,
+  trainer = Trainer(model, OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.1,
+                                           sparse_routing=request.param), 20, mesh,
                     single_task=False)
   trainable = methods.trainable_predicate("mhr", stage="multitask", train_backbone=False)
   return params, trainer, trainable
