@@ -19,7 +19,8 @@ its first step); also the setup RSS delta and the lifetime peak RSS.
 on CPU in jax 0.10).
 
   python benchmarks/speed_vs_peft.py            # full (~1-3 min on 2 cores, load-dependent)
-  python benchmarks/speed_vs_peft.py --quick    # tiny model, a few steps
+  python benchmarks/speed_vs_peft.py --quick    # d_model 64, 2+2 layers, a few steps
+  python benchmarks/speed_vs_peft.py --size tiny # the embedded default's model and shapes
   python benchmarks/speed_vs_peft.py --device gpu --size base   # both on the GPU
 
 On a GPU both frameworks run on the same device (torch: CUDA, eager, sdpa;
@@ -46,10 +47,15 @@ FULL = dict(vocab=512, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=102
             batch=16, input_len=64, target_len=32, rank=8, n_skills=8, n_heads=4, n_tasks=16)
 QUICK = dict(FULL, d_model=64, num_layers=2, d_kv=16, d_ff=256, batch=8, input_len=32,
              target_len=16)
+# The embedded default's sizes (configs/models/tiny.gin, synthetic.gin, mhr.gin): byte
+# vocabulary, d_model 64, 2+2 layers, batch 32 of 9 -> 17 tokens, rank 4, 24 tasks
+# (relu and tied embeddings as the other sizes, so both sides build the same T5).
+TINY = dict(vocab=259, d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=128,
+            batch=32, input_len=9, target_len=17, rank=4, n_skills=8, n_heads=4, n_tasks=24)
 # For a GPU: T5-base's width and depth (d_model 768, 12+12 layers), batch 32, 256 -> 64.
 BASE = dict(vocab=32128, d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=3072,
             batch=32, input_len=256, target_len=64, rank=8, n_skills=8, n_heads=4, n_tasks=16)
-SIZES = {"full": FULL, "quick": QUICK, "base": BASE}
+SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY, "base": BASE}
 
 
 def jax_runner(c, dropout, seed=0):
