@@ -138,10 +138,13 @@ def peak_rss_bytes() -> int:
 
 
 def write_json(name: str, payload: dict) -> str:
-  os.makedirs(RESULTS_DIR, exist_ok=True)
+  """Writes results/`name` (or `name` itself if absolute) atomically; returns the path."""
   path = os.path.join(RESULTS_DIR, name)
-  with open(path, "w") as f:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=False)
+  os.replace(tmp, path)
   return path
 
 
