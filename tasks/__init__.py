@@ -5,6 +5,7 @@ Families (`python -m tasks` lists what is registered):
   bigbench              BIG-bench JSON tasks, after `python -m tasks.bigbench prepare`
   t0                    T0 held-out tasks (RTE, CB, COPA, ...) from local TFDS data
   natural_instructions  Super-NaturalInstructions from a local clone ($MHR_JAX_NI_DIR)
+  p3                    T0's training mixture (P3) from a local copy ($MHR_JAX_P3_DIR)
 
 What training and evaluation call:
   get_batches(name, split, sequence_length, batch_size, shuffle, seed, ...)

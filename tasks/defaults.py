@@ -11,10 +11,10 @@ log = logging.getLogger(__name__)
 
 
 def register_defaults(vocabulary: Optional[seqio.Vocabulary] = None) -> list[str]:
-  """Registers synthetic and T0 always, BIG-bench and Super-NaturalInstructions when
+  """Registers synthetic and T0 always, BIG-bench, Super-NaturalInstructions and P3 when
   their local data exist. Idempotent. Returns the registered family names."""
   # pylint: disable=g-import-not-at-top
-  from tasks import bigbench, natural_instructions, t0
+  from tasks import bigbench, natural_instructions, p3, t0
   from tasks.synthetic import SyntheticSpec, register_synthetic
   names = [register_synthetic(SyntheticSpec(), vocabulary).name,
            t0.register_t0(vocabulary=vocabulary).name]
@@ -22,4 +22,6 @@ def register_defaults(vocabulary: Optional[seqio.Vocabulary] = None) -> list[str
     names.append(bigbench.register_bigbench(vocabulary=vocabulary).name)
   if natural_instructions.available():
     names.append(natural_instructions.register_natural_instructions(vocabulary=vocabulary).name)
+  if p3.available():
+    names.append(p3.register_p3(vocabulary=vocabulary).name)
   return names

@@ -3,6 +3,7 @@
     write_bigbench_sdist(path, fmt)   BIG-bench's sdist (or wheel) layout, 4 task files
     write_ni_clone(root)              a natural-instructions clone: tasks/ + splits/default/
     t0_fixture_source(task)           T0 held-out records in TFDS's feature format
+    write_p3_dir(root)                P3's layout: data/<dataset>_<prompt>/*.tfrecord-*
     save_hf_checkpoint_with_vocab(d)  a tiny HF T5 directory with spiece.model
 
 Nothing here downloads anything.
@@ -127,6 +128,53 @@ def t0_fixture_source(task) -> seqio.DataSource:
     return tf.data.Dataset.from_tensor_slices(columns)
 
   return seqio.FunctionDataSource(dataset_fn, splits=tuple(task.splits))
+
+
+# ------------------------------------------------------------------------ P3
+# prompt directory -> (number of train examples, write stats.train.json?, validation too?)
+P3_DIRS = {
+    "ag_news_classify": (6, True, True),
+    "ag_news_which_section": (4, False, False),
+    "adversarial_qa_dbert_answer_the_following_q": (5, True, False),
+    "adversarial_qa_dbidaf_answer_the_following_q": (3, False, False),
+    "dream_answer_to_dialogue": (7, True, False),
+    # Not T0 training sets: an eval-only variant, a held-out set, a T0+ addition.
+    "ag_news_classify_score_eval": (2, False, False),
+    "super_glue_rte_GPT_3_style": (2, False, False),
+    "openbookqa_main_choose_an_answer": (2, False, False),
+}
+
+
+def p3_text(prompt_dir: str, split: str, i: int) -> tuple[str, str]:
+  return f"  {prompt_dir} {split} question {i}? ", f" answer {i} "
+
+
+def write_p3_dir(root: str) -> str:
+  """A P3 copy: tf.Example records with *_pretokenized strings and (ignored) token ids."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def example(inputs: str, targets: str) -> bytes:
+    feats = {
+        "inputs_pretokenized": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[inputs.encode()])),
+        "targets_pretokenized": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[targets.encode()])),
+        "inputs": tf.train.Feature(int64_list=tf.train.Int64List(value=[5, 6, 7])),
+        "targets": tf.train.Feature(int64_list=tf.train.Int64List(value=[8, 1])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+  for name, (n, stats, validation) in P3_DIRS.items():
+    d = os.path.join(root, "data", name)
+    os.makedirs(d, exist_ok=True)
+    for split, count in [("train", n)] + ([("validation", 2)] if validation else []):
+      with tf.io.TFRecordWriter(os.path.join(d, f"{split}.tfrecord-00000-of-00001")) as w:
+        for i in range(count):
+          w.write(example(*p3_text(name, split, i)))
+    if stats:
+      with open(os.path.join(d, "stats.train.json"), "w") as f:
+        json.dump({"examples": n, "inputs_max_tokens": 12}, f)
+  return root
 
 
 # ---------------------------------------------------------- HF checkpoints

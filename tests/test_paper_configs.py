@@ -3,8 +3,8 @@
 Only the sizes shrink (sequence lengths, batch, steps, k, seeds); the
 configs' own numerics stay on: bfloat16, scanned layers, rematerialisation,
 a frozen backbone loaded from a Hugging Face directory with its spiece.model,
-adapters on every linear layer, and each file's data families (BIG-bench
-pre-training -> T0 held-out tasks; Super-NaturalInstructions train -> test).
+adapters on every linear layer, and each file's data families (P3 pre-training
+-> T0 held-out tasks; Super-NaturalInstructions train -> test).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import pytest
 import tasks
 from mhr_jax import gin_cli
 from mhr_jax.experiment import pipeline, stages
-from tasks import bigbench, natural_instructions, registry, t0
-from tasks.bigbench import fetch as bb_fetch
-from tests.task_fixtures import (fake_bigbench_download, save_hf_checkpoint_with_vocab,
-                                 t0_fixture_source, write_ni_clone)
+from tasks import natural_instructions, p3, registry, t0
+from tests.task_fixtures import (save_hf_checkpoint_with_vocab, t0_fixture_source,
+                                 write_ni_clone, write_p3_dir)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -49,22 +48,21 @@ def checkpoint(tmp_path):
 
 @pytest.fixture
 def paper_data(tmp_path):
-  """BIG-bench, T0 and NI families registered on fixtures; restored afterwards."""
-  bigbench.register_bigbench(
-      cache_dir=bb_fetch.prepare(str(tmp_path / "bb"), download=fake_bigbench_download),
-      heldout_fraction=0.0)
+  """P3, T0 and NI families registered on fixtures; restored afterwards."""
+  p3.register_p3(write_p3_dir(str(tmp_path / "p3")))
   t0.register_t0(source_fn=t0_fixture_source)
   natural_instructions.register_natural_instructions(write_ni_clone(str(tmp_path / "ni")))
   gin.clear_config()
   yield
   gin.clear_config()
-  for family in (bigbench.FAMILY, natural_instructions.FAMILY):
+  for family in (p3.FAMILY, natural_instructions.FAMILY):
     registry.remove_family(family)
   t0.register_t0()
 
 
 @pytest.mark.parametrize("config, heldout, train_tasks", [
-    ("t0_3b.gin", "t0_rte", ["bigbench_toy_gen", "bigbench_toy_mc", "bigbench_toy_parent.easy"]),
+    ("t0_3b.gin", "t0_rte", ["p3_adversarial_qa_dbert", "p3_adversarial_qa_dbidaf", "p3_ag_news",
+                             "p3_dream"]),
     ("t5xl_sni.gin", "ni_task003_gamma", ["ni_task001_alpha", "ni_task002_beta"]),
 ])
 def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, checkpoint,
