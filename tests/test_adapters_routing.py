@@ -89,6 +89,17 @@ def test_gather_fills_out_of_range_rows_with_nan_under_jit():
   assert np.isnan(rows[1]).all() and np.isnan(rows[2]).all()
 
 
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_bad_ids_give_nan_weights_in_training_mode_under_jit(straight_through):
+  # XLA's CPU logistic can turn the NaN rows of bad ids finite; they must stay NaN.
+  router = routing.Router(3, 2, 3, straight_through=straight_through)
+  variables = router.init({"params": jax.random.PRNGKey(0)}, jnp.array([0]))
+  apply = jax.jit(lambda ids: router.apply(variables, ids, deterministic=False,
+                                           rngs={"routing": jax.random.PRNGKey(0)}))
+  w = np.asarray(apply(jnp.array([0, 3, 2, -1])))
+  assert np.isfinite(w[[0, 2]]).all() and np.isnan(w[[1, 3]]).all()
+
+
 def test_out_of_range_task_id_raises_eagerly_and_under_jit_when_asked():
   config = tiny_config(num_layers=1)
   adapter = AdapterConfig(kind="poly", n_tasks=3, n_skills=2, n_heads=2,

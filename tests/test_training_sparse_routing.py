@@ -104,8 +104,17 @@ def test_batch_rows_renumber_task_ids_into_distinct_rows():
     real = rows[rows < 50]
     assert sorted(real) == sorted(set(ids.tolist())) and len(real) == len(set(real))
     assert np.sum(rows == 50) == len(ids) - len(real)  # the rest is padding
-    np.testing.assert_array_equal(
-        np.asarray(sparse_routing.gather_rows(jnp.asarray(table), rows))[local], table[ids])
+    gathered = np.asarray(sparse_routing.gather_rows(jnp.asarray(table), rows))
+    np.testing.assert_array_equal(gathered[local], table[ids])
+    assert np.isnan(gathered[rows == 50]).all()
+
+
+@pytest.mark.parametrize("bad_id", [3, -1])
+def test_an_out_of_range_task_id_poisons_the_loss_as_the_dense_step_does(bad_id):
+  adapter = _adapter(2)
+  for sparse in (False, True):
+    _, metrics = _run(adapter, "mhr", sparse, [[0, bad_id, 1, 2]])
+    assert np.isnan(float(metrics[0]["loss"])), (sparse, bad_id)
 
 
 def test_sparse_routing_refuses_adafactor_and_routers_check_their_rows():

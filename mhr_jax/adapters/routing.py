@@ -107,6 +107,9 @@ def routing_weights(logits: jax.Array, *, deterministic: bool, rng: Optional[jax
       raise ValueError("stochastic routing (deterministic=False) needs an rng "
                        "(the 'routing' stream)")
     probs = relaxed_bernoulli_sample(rng, logits, temperature)
+    # XLA's CPU logistic can map NaN inputs to finite values: keep the NaN rows
+    # of out-of-range task ids NaN, so that they poison the loss.
+    probs = jnp.where(jnp.isnan(logits), jnp.nan, probs)
   if straight_through:
     hard = (probs > 0.5).astype(probs.dtype)
     probs = probs + jax.lax.stop_gradient(hard - probs)

@@ -39,7 +39,7 @@ def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]
 
   task_ids [b] int in [0, n_tasks) -> (rows [b], local_ids [b]): rows is
   the sorted ids with every repeat replaced by n_tasks (out of range: gathers
-  clip it, scatters drop it), so each distinct id appears once; local_ids[i]
+  give NaN rows, scatters drop them), so each distinct id appears once; local_ids[i]
   is the position of task_ids[i] in rows, so Z[rows][local_ids] == Z[task_ids].
   """
   ids = task_ids.astype(jnp.int32)
@@ -51,8 +51,13 @@ def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]
 
 
 def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
-  """table [T, ...], rows [b] -> [b, ...] (padding rows clip to the last row, unused)."""
-  return jnp.take(table, rows, axis=0, mode="clip")
+  """table [T, ...], rows [b] -> [b, ...]; rows outside [0, T) (padding, bad ids) are NaN.
+
+  Padding rows are never looked up by the model and never written back; a
+  bad task id's row poisons its loss, as the dense gather does.
+  """
+  rows = jnp.where(rows < 0, table.shape[0], rows)  # take() counts negatives from the end
+  return jnp.take(table, rows, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 @struct.dataclass
