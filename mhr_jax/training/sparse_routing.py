@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mhr_jax.adapters import methods
 from mhr_jax.training.state import FlatParams
 
 
 def is_routing_path(path: str) -> bool:
-  return path.rsplit("/", 1)[-1] == "routing_logits"
+  return methods.param_group(path) == "routing"
 
 
 def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]:
@@ -105,11 +106,12 @@ def split_routing(flat: Mapping[str, jax.Array]) -> tuple[FlatParams, FlatParams
 
 
 def clip_by_joint_norm(grads: tuple, max_norm: float | None) -> tuple[tuple, jax.Array]:
-  """Scales a tree of gradients as optax.clip_by_global_norm does; returns (grads, norm)."""
+  """optax.clip_by_global_norm over a whole tree of gradients; returns (grads, norm)."""
   norm = optax.tree.norm(grads)
   if max_norm is None:
     return grads, norm
-  clipped = jax.tree.map(lambda g: jnp.where(norm < max_norm, g, g / norm * max_norm), grads)
+  clip = optax.clip_by_global_norm(max_norm)
+  clipped, _ = clip.update(grads, clip.init(grads))
   return clipped, norm
 
 
@@ -122,18 +124,21 @@ def row_adamw(opt: SparseRoutingOptimizer, step: jax.Array, params: FlatParams,
   gradient w.r.t. table[rows]; step: the global step (0-based) before this
   update. Rows equal to T (padding) are dropped.
   """
-  count = step.astype(jnp.float32) + 1.0
+  # optax's Adam on the gathered rows; its count (incremented before bias
+  # correction) is the global step, so absent rows need no count of their own.
+  adam = optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  rows_state = optax.ScaleByAdamState(
+      count=step.astype(jnp.int32),
+      mu={k: gather_rows(moments.mu[k], rows) for k in row_grads},
+      nu={k: gather_rows(moments.nu[k], rows) for k in row_grads})
+  grads = {k: g.astype(jnp.float32) for k, g in row_grads.items()}
+  adam_updates, rows_state = adam.update(grads, rows_state)
   lr = opt.routing_learning_rate(step)
   new_params, mu, nu = {}, {}, {}
-  for k, g in row_grads.items():
-    g = g.astype(jnp.float32)
-    m = opt.b1 * gather_rows(moments.mu[k], rows) + (1 - opt.b1) * g
-    v = opt.b2 * gather_rows(moments.nu[k], rows) + (1 - opt.b2) * jnp.square(g)
-    m_hat = m / (1 - opt.b1 ** count)
-    v_hat = v / (1 - opt.b2 ** count)
+  for k, u in adam_updates.items():
     p = gather_rows(params[k], rows)
-    update = m_hat / (jnp.sqrt(v_hat) + opt.eps) + opt.weight_decay * p
-    new_params[k] = params[k].at[rows].set((p - lr * update).astype(params[k].dtype), mode="drop")
-    mu[k] = moments.mu[k].at[rows].set(m, mode="drop")
-    nu[k] = moments.nu[k].at[rows].set(v, mode="drop")
+    new_rows = (p - lr * (u + opt.weight_decay * p)).astype(params[k].dtype)
+    new_params[k] = params[k].at[rows].set(new_rows, mode="drop")
+    mu[k] = moments.mu[k].at[rows].set(rows_state.mu[k], mode="drop")
+    nu[k] = moments.nu[k].at[rows].set(rows_state.nu[k], mode="drop")
   return new_params, RowAdamState(mu, nu)
