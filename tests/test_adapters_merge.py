@@ -24,7 +24,8 @@ def _logits(config, adapter, params, ids=IDS):
     (AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=3, n_heads=2,
                    target_modules="all_linear"), False),
     (AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=3, n_heads=4, scaling=0.3,
-                   target_modules="qv", shared_routing=True, straight_through=True), True),
+                   target_modules="qv", shared_routing=True, straight_through=True,
+                   relaxed_bernoulli=False), True),
     (AdapterConfig(kind="lora", rank=3, target_modules="all_linear"), False),
     (AdapterConfig(kind="ia3", target_modules="ia3"), False),
 ], ids=["mhr", "mhr_shared_scan_st", "lora", "ia3"])

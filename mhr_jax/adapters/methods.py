@@ -8,6 +8,7 @@ built from the multi-task ones:
   name         multi-task stage            adaptation: parameters     trained
   lora         -                           fresh LoRA on the backbone  lora_a/b
   shared_lora  one LoRA for all tasks      that LoRA                   lora_a/b
+  shared_ia3   one (IA)^3 for all tasks    that (IA)^3                 ia3_scale
   poly         Poly (h=1): skills Φ + Z    Φ + one new routing row     skills, Z
   mhr          MHR (h>1): skills Φ + Z     Φ + one new routing row     skills, Z
   poly_z       as poly                     Φ frozen + new routing row  Z only
@@ -37,7 +38,6 @@ backbone. Paths are '/'-joined ('encoder/layers_0/attention/query/kernel').
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping, Optional, Union
 
 import flax
@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.adapters.lora import lora_a_bound
 from mhr_jax.adapters.poly import mix_skills
 from mhr_jax.adapters.routing import INIT_RANGE, routing_weights
 
@@ -93,6 +94,7 @@ _ROUTED = ("skills", "routing")
 METHODS: dict[str, Method] = {m.name: m for m in (
     _method("lora", None, None, "fresh", "lora", (), ("lora",)),
     _method("shared_lora", "lora", None, "shared_lora", "lora", ("lora",), ("lora",)),
+    _method("shared_ia3", "ia3", None, "shared_lora", "ia3", ("ia3",), ("ia3",)),
     _method("poly", "poly", "one", "new_routing", "poly", _ROUTED, _ROUTED),
     _method("mhr", "poly", "many", "new_routing", "poly", _ROUTED, _ROUTED),
     _method("poly_z", "poly", "one", "new_routing", "poly", _ROUTED, ("routing",)),
@@ -193,6 +195,9 @@ def multitask_adapter_config(method: str, base: AdapterConfig, n_tasks: int
     return None
   if m.multitask == "lora":
     return base.replace(kind="lora", shared_routing=False, straight_through=False)
+  if m.multitask == "ia3":
+    return base.replace(kind="ia3", target_modules=base.ia3_target_modules,
+                        shared_routing=False, straight_through=False)
   n_heads = 1 if m.heads == "one" else base.n_heads
   if m.heads == "many" and n_heads < 2:
     raise ValueError(f"method {method!r} is multi-head routing and needs n_heads > 1, got "
@@ -223,15 +228,14 @@ def strip_adapters(params) -> dict:
   return _nested({k: v for k, v in _flat(params).items() if not _is_adapter_path(k)})
 
 
-def _kaiming_uniform(key, shape, fan_in, dtype):
-  bound = 1.0 / math.sqrt(fan_in)
+def _uniform(key, shape, bound, dtype):
   return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
 
 
 def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
   """Adds a freshly initialised LoRA or (IA)^3 to every kernel `config` targets.
 
-  Initialised as the model would (LoRA A kaiming-uniform, B = 0; (IA)^3
+  Initialised as the model would (LoRA A per `config.lora_init`, B = 0; (IA)^3
   ones); a leading scanned-layers axis gets independent draws per layer.
   """
   if config.kind not in ("lora", "ia3"):
@@ -245,8 +249,9 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
     lead, (d_in, d_out) = kernel.shape[:-2], kernel.shape[-2:]
     dtype = kernel.dtype
     if config.kind == "lora":
-      out[f"{module}/adapter/lora_a"] = _kaiming_uniform(
-          jax.random.fold_in(rng, i), lead + (d_in, config.rank), d_in, dtype)
+      out[f"{module}/adapter/lora_a"] = _uniform(
+          jax.random.fold_in(rng, i), lead + (d_in, config.rank),
+          lora_a_bound(config.lora_init, d_in), dtype)
       out[f"{module}/adapter/lora_b"] = jnp.zeros(lead + (config.rank, d_out), dtype)
     else:
       width = d_in if config.is_ia3_feedforward(module) else d_out
@@ -366,7 +371,7 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
     _check_routed(m, adapter_config)
     return mu_params(multitask_params, adapter_config, mu_average)
   if m.adaptation == "shared_lora":
-    if adapter_config is not None and adapter_config.kind == "lora":
+    if adapter_config is not None and adapter_config.kind == m.adapt_kind:
       return adapter_config, _nested(_flat(multitask_params))
     if (adapter_config is not None and adapter_config.kind == "poly"
         and adapter_config.n_skills == 1):
@@ -381,9 +386,11 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
   if base_config is not None and base_config.kind == m.adapt_kind:
     config = base_config
   elif m.adapt_kind == "ia3":
-    config = AdapterConfig(kind="ia3", target_modules="ia3")
+    config = AdapterConfig(kind="ia3", target_modules=(base_config or adapter_config or
+                                                       AdapterConfig()).ia3_target_modules)
   else:
     src = base_config or adapter_config or AdapterConfig()
     config = AdapterConfig(kind="lora", rank=src.rank, scaling=src.scale,
-                           target_modules=src.target_modules, dropout=src.dropout)
+                           target_modules=src.target_modules, dropout=src.dropout,
+                           lora_init=src.lora_init)
   return config, add_fresh_adapters(backbone, config, rng)
