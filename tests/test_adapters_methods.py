@@ -37,6 +37,8 @@ def _multitask(method: str):
     adapter = _mt_adapter(1 if m.heads == "one" else 2)
   elif m.multitask == "lora":
     adapter = _mt_adapter(1, kind="lora")
+  elif m.multitask == "ia3":
+    adapter = AdapterConfig(kind="ia3", target_modules="ia3")
   else:
     adapter = None
   return adapter, random_params(CONFIG, adapter, seed=0)
@@ -79,6 +81,8 @@ def test_adaptation_params_fit_the_adapted_model(method):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(mt_flat[path]))
     elif group == "routing":  # one fresh row U(-1e-3, 1e-3)
       assert x.shape[-3] == 1 and 0 < np.abs(x).max() <= 1e-3
+    elif m.adaptation == "shared_lora":  # the shared LoRA / (IA)^3 continues
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(mt_flat[path]))
     elif m.adaptation == "fresh" and path.endswith("lora_b"):
       assert not np.any(np.asarray(x))
     elif path.endswith("ia3_scale"):

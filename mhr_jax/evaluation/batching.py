@@ -60,7 +60,8 @@ def make_choice_batch(vocab, inputs: Sequence[str], choices: Sequence[Sequence[s
 
   Returns int32 arrays: encoder_input_tokens [b, input_length], choice_tokens
   [b, C, target_length] (each choice + EOS; a missing choice is all padding),
-  labels [b], task_ids [b]; C = `num_choices` or the most choices of an example.
+  labels [b], task_ids [b], decoder_loss_weights [b, target_length] (the
+  correct choice's tokens); C = `num_choices` or the most choices of an example.
   Rows past len(inputs) up to `pad_to` are empty.
   """
   n = len(inputs)
@@ -75,4 +76,7 @@ def make_choice_batch(vocab, inputs: Sequence[str], choices: Sequence[Sequence[s
     for j, choice in enumerate(cs):
       tok[i, j] = encode_text(vocab, choice, target_length)
     lab[i], tids[i] = y, t
-  return {"encoder_input_tokens": enc, "choice_tokens": tok, "labels": lab, "task_ids": tids}
+  # The LM loss's tokens (the correct choice's), for token counts in the train loop.
+  weights = (tok[np.arange(b), lab] > 0).astype(np.int32)
+  return {"encoder_input_tokens": enc, "choice_tokens": tok, "labels": lab, "task_ids": tids,
+          "decoder_loss_weights": weights}
