@@ -338,14 +338,16 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
                  mu_average: str = "uniform", family: str = "synthetic",
                  tasks: Optional[Sequence[str]] = None, eval_split: str = "test",
                  max_eval_examples: Optional[int] = None, seed: int = 0,
-                 log_every: int = 10, show_progress: bool = True) -> dict:
+                 log_every: int = 10, show_progress: bool = True,
+                 prompts: str = "handwritten", length_normalize: bool = False) -> dict:
   """μ zero-shot: average the skills into one LoRA, train it on the training tasks, no few-shot.
 
   The multi-task skills of `multitask_dir` are averaged (Poly-μ / MHR-μ, see
   `methods.mu_params`), the routing is dropped, and the averaged adapter is
   trained `steps` more steps on the multi-task `mixture` (default: the one the
   checkpoint was trained on); `steps=0` keeps the plain average. Then every
-  held-out task is evaluated zero-shot. Writes results under
+  held-out task is evaluated zero-shot (`prompts` and `length_normalize` as
+  in `adapt_heldout`). Writes results under
   `output_dir/zero_shot_<method>` and returns the summary.
   """
   if method not in mu_methods():
@@ -374,12 +376,13 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
     write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
     params = state.params
   evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                        data.eval_batch_size, single_task=True)
+                        data.eval_batch_size, single_task=True,
+                        length_normalize=length_normalize)
   records = []
   for task in (list(tasks) if tasks else stage_data.heldout_tasks(family)):
-    examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
-    records.append({"task": task, "seed": int(seed),
-                    **evaluator.evaluate(params, [{**ex, "task_id": 0} for ex in examples])})
+    examples = fewshot_prompts.eval_examples(task, eval_split, max_eval_examples,
+                                             prompts=prompts, seed=seed)
+    records.append({"task": task, "seed": int(seed), **evaluator.evaluate(params, examples)})
   return save_results(stage_dir, records,
                       title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
 
