@@ -180,6 +180,13 @@ def set_vocabulary(vocabulary: seqio.Vocabulary) -> None:
            vocabulary)
 
 
+def reset_vocabulary() -> None:
+  """Puts every task back on `default_vocabulary()` (rebuilding them only if one differs)."""
+  default = default_vocabulary()
+  if any(spec.vocabulary != default for spec in _TASKS.values()):
+    set_vocabulary(default)
+
+
 # ---------------------------------------------------------------------------- look-ups
 
 

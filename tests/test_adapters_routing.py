@@ -11,7 +11,7 @@ import torch
 from mhr_jax.adapters import routing
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 
 def _sigmoid(x):

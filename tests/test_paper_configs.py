@@ -91,7 +91,7 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
   # The backbone stayed frozen at the checkpoint's values; the adapters moved.
   from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
   _, pretrained = load_hf_checkpoint(checkpoint, scan_layers=True)  # the trained tree's layout
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
   flat, ref = flatten_params(params), flatten_params(pretrained)
   for key, value in ref.items():
     np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)

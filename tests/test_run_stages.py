@@ -13,27 +13,12 @@ import pytest
 import run as run_cli
 from mhr_jax import gin_cli
 from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
+from tests.utils import MICRO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 SEARCH = [CONFIGS, ROOT]
 
-# A micro model and tiny budgets so each method's pipeline runs in seconds.
-MICRO = [
-    "mhr_jax.T5Config.d_model = 16", "mhr_jax.T5Config.d_kv = 4", "mhr_jax.T5Config.d_ff = 32",
-    "mhr_jax.T5Config.num_heads = 2", "mhr_jax.T5Config.num_layers = 1",
-    "mhr_jax.T5Config.num_decoder_layers = 1", "mhr_jax.AdapterConfig.n_skills = 2",
-    "mhr_jax.AdapterConfig.rank = 2",
-    "mhr_jax.DataConfig.batch_size = 4", "mhr_jax.DataConfig.eval_batch_size = 4",
-    "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
-    "train_multitask.log_every = 1", "train_multitask.show_progress = False",
-    "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
-    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
-    "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
-    "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
-    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-    "mu_zero_shot.max_eval_examples = 4",
-]
 METHOD_FILES = sorted(glob.glob(os.path.join(CONFIGS, "methods", "*.gin")))
 
 

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhr_jax.param_tree import Role, declare_roles
+
 # Logical axis names of the routing table and of LoRA ranks. 'heads' is taken
 # by attention heads, so MHR heads are 'routing_heads'. The partitioning
 # rules should map all of these to None (replicated): they are tiny.
@@ -116,6 +118,7 @@ def routing_weights(logits: jax.Array, *, deterministic: bool, rng: Optional[jax
   return probs / (jnp.sum(probs, axis=-1, keepdims=True) + EPS)
 
 
+@declare_roles(routing_logits=Role.ROUTING)
 class Router(nn.Module):
   """Holds Z and maps task ids to mixing weights.
 
