@@ -20,7 +20,9 @@ Where adapters sit (the layout written by `AdaptedDense` and the routers):
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
+import types
 from typing import Any, Callable, Mapping
 
 import flax
@@ -53,22 +55,23 @@ def declare_roles(**leaves: Role) -> Callable[[type], type]:
 
   def register(cls: type) -> type:
     owner = f"{cls.__module__}.{cls.__qualname__}"
-    for leaf, role in leaves.items():
-      if leaf in _OWNERS and _OWNERS[leaf] != owner:
+    for leaf in leaves:
+      if _OWNERS.get(leaf, owner) != owner:
         raise ValueError(f"parameter name {leaf!r} is declared by {_OWNERS[leaf]} and again by "
                          f"{owner}; each leaf name needs one owner (rename one)")
+    for leaf, role in leaves.items():
       _ROLES[leaf], _OWNERS[leaf] = Role(role), owner
-    cls.PARAM_ROLES = dict(leaves)
     return cls
 
   return register
 
 
+@functools.cache
 def leaf_roles() -> Mapping[str, Role]:
   """{leaf name: role} of every declared parameter."""
   for module in _DECLARING_MODULES:
     importlib.import_module(module)
-  return _ROLES
+  return types.MappingProxyType(_ROLES)
 
 
 def role_of(path: str) -> Role:

@@ -24,7 +24,11 @@ import pytest
 
 from mhr_jax import partitioning
 from mhr_jax.models import T5
-from tests.utils import loss_and_grad, mesh_adapter, mesh_batch, mesh_config
+# The mesh tests' model and batch (shared with test_multiprocess.py).
+from tests.utils import loss_and_grad as _loss_fn
+from tests.utils import mesh_adapter as _adapter
+from tests.utils import mesh_batch as _batch
+from tests.utils import mesh_config as _config
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _HAS_ADAPTERS = (importlib.util.find_spec("mhr_jax.adapters.config") is not None
@@ -60,13 +64,13 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
   """
   assert jax.device_count() == 8, jax.devices()
   data, model_size = int(data), int(model_size)
-  cfg = mesh_config(variant)
-  model = T5(cfg, adapter=mesh_adapter(adapter_kind))
-  host_batch = mesh_batch(vocab=cfg.vocab_size)
+  cfg = _config(variant)
+  model = T5(cfg, adapter=_adapter(adapter_kind))
+  host_batch = _batch(vocab=cfg.vocab_size)
   example = jnp.asarray(host_batch["encoder_input_tokens"][:1])
   init_fn = lambda rng: model.init(rng, example, example, task_ids=jnp.zeros((1,), jnp.int32))
   rng = jax.random.key(0)
-  grad_fn = loss_and_grad(model)
+  grad_fn = _loss_fn(model)
 
   mesh = partitioning.make_mesh(data=data, model=model_size)
   variables, shardings = partitioning.init_sharded(init_fn, mesh, partitioning.DEFAULT_RULES,
@@ -138,11 +142,11 @@ def check_sparse_routing_steps(data: str, model_size: str) -> None:
   from mhr_jax.experiment.stages import Trainer  # pylint: disable=g-import-not-at-top
   from mhr_jax.training.optimizer import OptimizerConfig  # pylint: disable=g-import-not-at-top
   from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
-  model = T5(mesh_config("v1_1"), adapter=mesh_adapter("poly"))
+  model = T5(_config("v1_1"), adapter=_adapter("poly"))
   opt = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, sparse_routing=True)
   trainable = methods.trainable_predicate("mhr", stage="multitask")
   host = init_params(model, jax.random.PRNGKey(0))
-  batches = [dict(mesh_batch(), task_ids=np.array(ids, np.int32))
+  batches = [dict(_batch(), task_ids=np.array(ids, np.int32))
              for ids in ([0, 1, 2, 0, 1, 2, 0, 1], [2, 2, 0, 0, 2, 2, 0, 0], [1] * 8)]
   out = []
   for mesh in (partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1]),
