@@ -6,6 +6,8 @@ Import from a test as `from tests.hf_reference import tiny_hf_t5, ...`
     model = tiny_hf_t5("v1.1", num_layers=2, num_decoder_layers=3, seed=0)
     save_tiny_hf_t5(model, directory)                    # a HF checkpoint dir
     logits = hf_logits(model, encoder_ids, decoder_ids)  # numpy [b, t, v]
+    hf, config, params = hf_base("v1.0")                 # + our T5Config and params for it
+    peft_logits(peft_model)                              # on tests/utils.py's ENC / DEC
 
 Families:
   'v1.0': ReLU MLP, lm_head tied to the embedding, decoder output scaled by

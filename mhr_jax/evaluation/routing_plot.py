@@ -24,7 +24,7 @@ def routing_probabilities(params: Mapping) -> np.ndarray:
       z = z.reshape((-1,) + z.shape[-3:])  # [layers?, tasks, heads, skills]
       mats.append(np.asarray(routing_weights(z, deterministic=True)).mean(0))
   if not mats:
-    raise ValueError("no routing logits in the parameter tree: is the model routed?")
+    raise ValueError("no parameter named 'routing_logits' in the tree: is the model routed?")
   return np.mean(mats, axis=0)
 
 
