@@ -62,8 +62,7 @@ def small_mixture():
   name = "test_tasks_small_mixture"
   tasks.register_mixture(name, "synthetic", tasks.train_tasks("synthetic")[:3])
   yield name
-  registry._MIXTURES.pop(name, None)  # pylint: disable=protected-access
-  registry._remove_provider(name)  # pylint: disable=protected-access
+  registry.remove_mixture(name)
 
 
 def test_same_seed_same_batches_other_seed_differs(small_mixture):

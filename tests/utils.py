@@ -6,6 +6,7 @@
     mesh_config / mesh_adapter / mesh_batch / loss_and_grad
                                     the one-layer model and batch of the mesh tests
     MICRO                           gin bindings: a micro model and budgets for run.py
+    record_evaluations(monkeypatch) each evaluation's metrics recomputed independently
 
 Torch and PEFT are not imported here (see hf_reference.py); task data
 stand-ins are in task_fixtures.py.
@@ -144,3 +145,36 @@ MICRO = [
     "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
     "mu_zero_shot.max_eval_examples = 4",
 ]
+
+
+def record_evaluations(monkeypatch) -> list[dict[str, float]]:
+  """A list that receives, per generation or multiple-choice evaluation, its metrics
+  recomputed from the predictions (or choice scores) the evaluator made: exact
+  match by string comparison, Rouge-L by `rouge_score`, accuracy by argmax.
+  """
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  recorded = []
+  generate, score_choices = evaluator.generate_predictions, evaluator.choice_scores
+  scorer = rouge_scorer.RougeScorer(["rougeL"])
+
+  def recording_generate(decode, vocab, examples, *args, **kwargs):
+    preds = generate(decode, vocab, examples, *args, **kwargs)
+    refs = [[ex["targets"]] if isinstance(ex["targets"], str) else list(ex["targets"])
+            for ex in examples]
+    recorded.append({
+        "exact_match": 100 * np.mean([any(p.strip() == t.strip() for t in ts)
+                                      for ts, p in zip(refs, preds)]),
+        "rouge_l": 100 * np.mean([max(scorer.score(t, p)["rougeL"].fmeasure for t in ts)
+                                  for ts, p in zip(refs, preds)])})
+    return preds
+
+  def recording_choice_scores(score_fn, vocab, examples, *args, **kwargs):
+    scores = score_choices(score_fn, vocab, examples, *args, **kwargs)
+    recorded.append({"accuracy": 100 * np.mean([int(np.argmax(s)) == ex["label"]
+                                                for s, ex in zip(scores, examples)])})
+    return scores
+
+  monkeypatch.setattr(evaluator, "generate_predictions", recording_generate)
+  monkeypatch.setattr(evaluator, "choice_scores", recording_choice_scores)
+  return recorded
