@@ -15,8 +15,9 @@ Task ids out of [0, |T|) are errors, never silently another task's row:
 `check_task_ids` raises eagerly on concrete ids and, under `jit`, from a
 host callback when the computation runs; the gather itself fills rows of
 bad ids with NaN, so a bad id that escapes every check poisons its output.
-Missing ids are errors too: a routed `T5` called without task_ids raises
-(outside `init`) rather than reading row 0.
+Missing ids are errors too, never row 0: a routed `T5` called without
+task_ids raises (outside `init`), and every evaluation example must carry
+its 'task_id' (mhr_jax/evaluation reads no default).
 """
 
 from __future__ import annotations
