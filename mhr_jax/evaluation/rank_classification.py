@@ -36,7 +36,7 @@ def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
     chunk = examples[start:start + per_batch]
     batch = make_choice_batch(vocab, [ex["inputs"] for ex in chunk],
                               [ex["choices"] for ex in chunk], [0] * len(chunk),
-                              [int(ex.get("task_id", 0)) for ex in chunk], input_length,
+                              [int(ex["task_id"]) for ex in chunk], input_length,
                               target_length, pad_to=per_batch, num_choices=c)
     scores = np.asarray(score_fn(batch), np.float64)
     out.extend(scores[i, :len(ex["choices"])] for i, ex in enumerate(chunk))
