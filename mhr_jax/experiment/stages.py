@@ -172,6 +172,9 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
            "adapter_config": dataclasses.asdict(adapter) if adapter else None,
            "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
+  truncation = stage_data.truncation_report(mixture)
+  if truncation is not None:
+    write_atomic(os.path.join(stage_dir, "truncation.json"), json.dumps(truncation, indent=1))
   trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
   t_start = time.time()
   state, history = trainer.run(params, trainable, batches, seed=seed,
@@ -183,7 +186,8 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   seconds = time.time() - t_start
   outputs = {"checkpoints": os.path.join(stage_dir, "checkpoints"),
              "tensorboard": os.path.join(stage_dir, "tensorboard"),
-             "train history": os.path.join(stage_dir, "train_history.json")}
+             "train history": os.path.join(stage_dir, "train_history.json"),
+             "truncation per task": os.path.join(stage_dir, "truncation.json")}
   if adapter is not None and adapter.kind == "poly":
     names = sorted(table, key=table.get)
     paths = save_routing_picture(routing_probabilities(state.params), stage_dir, names,
