@@ -132,7 +132,7 @@ def describe_truncation(report: Sequence[dict], sequence_length: dict, weights: 
   text = (f"{name} at inputs={sequence_length['inputs']}, targets={sequence_length['targets']}: "
           f"{100 * cut_in:.1f}% of training inputs and {100 * cut_tg:.1f}% of targets are cut "
           f"(weighted by mixing rate); {len(bad)} of {len(report)} tasks cut more than {100 * threshold:.0f}%")
-  if bad:
+  if bad and shown:
     worst = ", ".join(f"{r['task']} ({100 * r['inputs']:.0f}% / {100 * r['targets']:.0f}%)"
                       for r in bad[:shown])
     more = f" and {len(bad) - shown} more" if len(bad) > shown else ""

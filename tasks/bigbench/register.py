@@ -31,7 +31,7 @@ from tasks.bigbench.store import task_name
 
 FAMILY = "bigbench"
 TRAIN_MIXTURE = "bigbench_train"
-# Covers 95 % of training inputs and 97 % of targets in UTF-8 bytes (see configs/experiments/bigbench.gin).
+# Keeps 77 % of training inputs and 92 % of targets whole (configs/experiments/bigbench.gin).
 SEQUENCE_LENGTH = {"inputs": 1024, "targets": 64}
 
 
