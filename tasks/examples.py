@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Optional
 
 from tasks import registry, sources
+
+log = logging.getLogger(__name__)
 
 
 def eval_examples(name: str, split: str = "test",
@@ -13,13 +16,17 @@ def eval_examples(name: str, split: str = "test",
 
   Each dict has 'inputs' (str), 'task_id' (int) and 'targets' (list[str], any
   of which counts); multiple-choice examples add 'choices' (list[str]) and
-  'label' (int) and have targets == [choices[label]].
+  'label' (int) and have targets == [choices[label]], plus 'choice_scores'
+  (list[float]) when the task grades choices itself (BIG-bench's target_scores).
+  With `max_examples`, the first ones are kept and the subsampling is logged.
   """
   if registry.check_name(name) == "mixture":
     raise ValueError(f"eval_examples takes a task, got the mixture {name!r}; its tasks: "
                      f"{registry.mixture_tasks(name)}")
   records = registry.formatted_records(name, split)
-  if max_examples is not None:
+  if max_examples is not None and len(records) > max_examples:
+    log.info("%s: evaluating %d of its %d %s examples (max_eval_examples=%d)", name,
+             max_examples, len(records), split, max_examples)
     records = records[:max_examples]
   out = []
   for r in records:
@@ -27,6 +34,8 @@ def eval_examples(name: str, split: str = "test",
     if "choices" in r:
       ex.update(choices=list(r["choices"]), label=int(r["label"]),
                 targets=[r["choices"][int(r["label"])]])
+      if "choice_scores" in r:
+        ex["choice_scores"] = [float(x) for x in r["choice_scores"]]
     else:
       ex["targets"] = list(r.get("answers") or [r["targets"]])
     out.append(ex)

@@ -61,13 +61,15 @@ def train_split_size(task_name: str) -> int:
 def register_mixture(name: str, family: str, task_names: Sequence[str], *,
                      rates: Optional[Mapping[str, float]] = None,
                      scheme: str = "equal", temperature: float = 1.0,
-                     cap: Optional[int] = None) -> seqio.Mixture:
+                     cap: Optional[int] = None,
+                     factory: Optional[Callable[..., seqio.Mixture]] = None) -> seqio.Mixture:
   """Registers a mixture of `task_names`.
 
   Args:
     rates: explicit rates per task (overrides `scheme`).
     scheme: 'equal', 'proportional' (capped example counts) or 'temperature';
       the last two count each task's training examples lazily.
+    factory: builds the seqio.Mixture (default seqio.Mixture; see registry.MixtureSpec).
   """
   if rates is not None:
     missing = sorted(set(task_names) - set(rates))
@@ -82,4 +84,4 @@ def register_mixture(name: str, family: str, task_names: Sequence[str], *,
   else:
     raise ValueError(f"unknown mixing scheme {scheme!r}; valid: ['equal', 'proportional', "
                      "'temperature']")
-  return registry.add_mixture(name, family, pairs)
+  return registry.add_mixture(name, family, pairs, factory)

@@ -69,6 +69,9 @@ class MixtureSpec:
   name: str
   family: str
   rates: tuple  # ((task name, rate), ...)
+  # Builds the seqio.Mixture from (name, rates); None: seqio.Mixture itself. A family can
+  # give a subclass with its own input pipeline (tasks.bigbench.mixture).
+  factory: Optional[Callable[..., seqio.Mixture]] = None
 
 
 @dataclasses.dataclass
@@ -90,6 +93,19 @@ _TASKS: dict[str, TaskSpec] = {}
 _MIXTURES: dict[str, MixtureSpec] = {}
 _FAMILIES: dict[str, Family] = {}
 _RECORDS: dict[tuple, list] = {}
+# Families whose local data are missing: name prefix -> how to get them (a one-line error).
+_MISSING: dict[str, str] = {}
+
+
+def note_missing_data(prefix: str, message: str) -> None:
+  """Names starting with `prefix` now fail with FileNotFoundError(message), not 'unknown'."""
+  _MISSING[prefix] = message
+
+
+def _raise_if_missing_data(name: str) -> None:
+  for prefix, message in _MISSING.items():
+    if name.startswith(prefix):
+      raise FileNotFoundError(f"{name!r}: {message}")
 
 
 def default_vocabulary() -> seqio.Vocabulary:
@@ -117,7 +133,7 @@ def _build_task(spec: TaskSpec) -> seqio.Task:
 
 def _build_mixture(spec: MixtureSpec) -> seqio.Mixture:
   _remove_provider(spec.name)
-  mixture = seqio.Mixture(spec.name, list(spec.rates))
+  mixture = (spec.factory or seqio.Mixture)(spec.name, list(spec.rates))
   seqio.MixtureRegistry.add_provider(spec.name, mixture)
   return mixture
 
@@ -137,11 +153,12 @@ def add_task(spec: TaskSpec, vocabulary: Optional[seqio.Vocabulary] = None) -> s
   return _build_task(spec)
 
 
-def add_mixture(name: str, family: str, rates: Sequence[tuple[str, Rate]]) -> seqio.Mixture:
+def add_mixture(name: str, family: str, rates: Sequence[tuple[str, Rate]],
+                factory: Optional[Callable[..., seqio.Mixture]] = None) -> seqio.Mixture:
   """Registers (or replaces) a mixture of registered tasks with per-task rates."""
   for task, _ in rates:
     check_name(task, kinds=("task",))
-  spec = MixtureSpec(name, family, tuple(rates))
+  spec = MixtureSpec(name, family, tuple(rates), factory)
   _MIXTURES[name] = spec
   return _build_mixture(spec)
 
@@ -154,6 +171,8 @@ def remove_mixture(name: str) -> None:
 
 def set_family(family: Family) -> None:
   _FAMILIES[family.name] = family
+  for prefix in [p for p in _MISSING if p.startswith(family.name)]:
+    del _MISSING[prefix]
 
 
 def remove_family(name: str) -> None:
@@ -201,6 +220,7 @@ def check_name(name: str, kinds: Sequence[str] = ("task", "mixture")) -> str:
     return "task"
   if "mixture" in kinds and name in _MIXTURES:
     return "mixture"
+  _raise_if_missing_data(name)
   valid = ([*_TASKS] if "task" in kinds else []) + ([*_MIXTURES] if "mixture" in kinds else [])
   raise UnknownNameError(" or ".join(kinds), name, valid)
 
@@ -230,6 +250,7 @@ def mixture_spec(name: str) -> MixtureSpec:
 
 def family(name: str) -> Family:
   if name not in _FAMILIES:
+    _raise_if_missing_data(name + "_")
     raise UnknownNameError("family", name, list(_FAMILIES))
   return _FAMILIES[name]
 

@@ -4,7 +4,9 @@ Every task's formatting step (before tokenization) yields examples with
 
   generative:       inputs (str), targets (str), answers (list[str], all valid targets)
   multiple choice:  inputs (str), targets (str, the correct choice),
-                    choices (list[str]), label (int32, index of the correct choice)
+                    choices (list[str]), label (int32, index of the correct choice),
+                    optionally choice_scores (list[float], each choice's credit when
+                    predicted, e.g. BIG-bench's target_scores; default: 1 for the label)
 
 so few-shot subsets, evaluation and rank classification treat every family alike.
 """
@@ -58,6 +60,10 @@ def records_dataset(records: Sequence[Mapping], kind: str) -> tf.data.Dataset:
         tf.constant([len(r[field]) for r in records], tf.int64))
   if kind == MULTIPLE_CHOICE:
     columns["label"] = tf.constant([r["label"] for r in records], tf.int32, shape=[len(records)])
+    if records and all("choice_scores" in r for r in records):
+      columns["choice_scores"] = tf.RaggedTensor.from_row_lengths(
+          tf.constant([x for r in records for x in r["choice_scores"]], tf.float32),
+          tf.constant([len(r["choice_scores"]) for r in records], tf.int64))
   return tf.data.Dataset.from_tensor_slices(columns)
 
 
@@ -113,6 +119,8 @@ def numpy_to_record(example: Mapping) -> dict:
       out[key] = _to_str(value)
     elif isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
       out[key] = [_to_str(v) for v in value.tolist()]
+    elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim == 1:
+      out[key] = value.tolist()
     elif isinstance(value, np.ndarray) and value.ndim == 0:
       out[key] = value.item()
     elif isinstance(value, np.generic):

@@ -1,6 +1,6 @@
 """Tiny on-disk stand-ins for the real data families, shared by the tests.
 
-    write_bigbench_sdist(path, fmt)   BIG-bench's sdist (or wheel) layout, 4 task files
+    write_bigbench_sdist(path, fmt)   BIG-bench's sdist (or wheel) layout, 5 task files
     write_ni_clone(root)              a natural-instructions clone: tasks/ + splits/default/
     t0_fixture_source(task)           T0 held-out records in TFDS's feature format
     write_p3_dir(root)                P3's layout: data/<dataset>_<prompt>/*.tfrecord-*
@@ -42,6 +42,23 @@ BB_GEN_TASK = {
                   ["red", "green", "blue", "cyan", "pink", "gray", "gold", "teal"]] +
                  [{"input": "a colour with two names", "target": ["grey", "gray"]}]),
 }
+# BIG-bench's rules in one task: a seeded choice shuffle independent of the JSON order,
+# tied and fractional target scores, an exact duplicate (example 2 repeats example 0).
+BB_SHUFFLE_TASK = {
+    "name": "toy_shuffle", "description": "shuffle, ties, duplicates", "keywords": [],
+    "metrics": ["multiple_choice_grade"], "preferred_score": "multiple_choice_grade",
+    "task_prefix": "Answer briefly.\n",
+    "examples": [
+        {"input": "Which colour is the sky?",
+         "target_scores": {"blue": 1, "red": 0, "green": 0, "yellow": 0}},
+        {"input": "How many sides has a triangle?",
+         "target_scores": {"3": 1, "three": 1, "4": 0, "four": 0, "5": 0}},
+        {"input": "Which colour is the sky?",
+         "target_scores": {"blue": 1, "red": 0, "green": 0, "yellow": 0}},
+        {"input": "Which colour is the sky?",
+         "target_scores": {"red": 0, "yellow": 0, "green": 0, "blue": 1}},
+        {"input": "Pick a vowel.", "target_scores": {"b": 0, "a": 0.5, "e": 0.5}},
+    ]}
 BB_PARENT_WITH_SUBTASKS = {"name": "toy_parent", "description": "has subtasks", "keywords": []}
 BB_SUBTASK = {"name": "toy_parent:easy", "description": "sub", "keywords": [],
               "append_choices_to_input": False,
@@ -50,10 +67,11 @@ BB_SUBTASK = {"name": "toy_parent:easy", "description": "sub", "keywords": [],
 
 
 def write_bigbench_sdist(path: str, fmt: str = "tar") -> str:
-  """Writes the four toy tasks in bigbench==1.0.0's sdist ('tar') or wheel ('zip') layout."""
+  """Writes the five toy task files in bigbench==1.0.0's sdist ('tar') or wheel ('zip') layout."""
   files = {
       "toy_mc/task.json": BB_MC_TASK, "toy_gen/task.json": BB_GEN_TASK,
       "toy_parent/task.json": BB_PARENT_WITH_SUBTASKS, "toy_parent/easy/task.json": BB_SUBTASK,
+      "toy_shuffle/task.json": BB_SHUFFLE_TASK,
   }
   prefix = "bigbench-1.0.0/bigbench/benchmark_tasks/"
   extra = {"bigbench-1.0.0/setup.py": "", prefix + "toy_mc/README.md": "not a task"}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.evaluation import metrics
+from mhr_jax.evaluation import predictions as saved
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.models.decoding import greedy_decode
@@ -38,8 +39,14 @@ class Evaluator:
         model, params, enc, max_decode_length=target_length, task_ids=tids,
         single_task=single_task))
 
-  def evaluate(self, params: Mapping[str, Any], examples: Sequence[Mapping]) -> dict[str, float]:
-    """Returns {'accuracy'} for multiple choice, {'exact_match', 'rouge_l'} otherwise (in %)."""
+  def evaluate(self, params: Mapping[str, Any], examples: Sequence[Mapping],
+               predictions_path: Optional[str] = None) -> dict[str, float]:
+    """Returns {'accuracy'} for multiple choice, {'exact_match', 'rouge_l'} otherwise (in %).
+
+    Multiple-choice examples with 'choice_scores' are graded as BIG-bench does
+    (`metrics.multiple_choice_grade`). `predictions_path`: also save every example's
+    prediction there as JSONL (`mhr_jax.evaluation.predictions`).
+    """
     if not examples:
       raise ValueError("no evaluation examples")
     if self.n_tasks is not None:  # on the host: the jitted calls do not check
@@ -47,10 +54,17 @@ class Evaluator:
     if "choices" in examples[0]:
       scores = choice_scores(lambda b: self._score(params, b), self.vocab, examples,
                              self.input_length, self.target_length, self.batch_size)
+      if predictions_path:
+        saved.save_predictions(predictions_path, saved.multiple_choice_lines(examples, scores))
+      if all("choice_scores" in ex for ex in examples):
+        return {"accuracy": metrics.multiple_choice_grade(
+            scores, [ex["choice_scores"] for ex in examples])}
       return {"accuracy": metrics.rank_classification_accuracy(scores, [ex["label"] for ex in examples])}
     preds = generate_predictions(
         lambda b: self._decode(params, b["encoder_input_tokens"], b["task_ids"]),
         self.vocab, examples, self.input_length, self.batch_size)
+    if predictions_path:
+      saved.save_predictions(predictions_path, saved.generation_lines(examples, preds))
     targets = [list(ex["targets"]) if not isinstance(ex["targets"], str) else [ex["targets"]]
                for ex in examples]
     return {"exact_match": metrics.exact_match(targets, preds),

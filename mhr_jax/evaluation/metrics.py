@@ -98,6 +98,22 @@ def rank_classification_accuracy(scores: Sequence[Sequence[float]],
   return accuracy(labels, [int(np.argmax(s)) for s in scores])
 
 
+def multiple_choice_grade(scores: Sequence[Sequence[float]],
+                          choice_scores: Sequence[Sequence[float]]) -> float:
+  """BIG-bench's multiple_choice_grade in percent: the mean credit of the predicted choices.
+
+  Each example's prediction is its highest-scoring choice, credited with that choice's
+  target score (`choice_scores`, BIG-bench's target_scores in choice order): every tied
+  correct choice earns full credit, a fractional score fractional credit. With one
+  choice scored 1 and the rest 0 it equals `rank_classification_accuracy`.
+  """
+  _check_lengths(choice_scores, scores)
+  if not scores:
+    return float("nan")
+  return 100.0 * float(np.mean([float(c[int(np.argmax(s))])
+                                for s, c in zip(scores, choice_scores)]))
+
+
 def generation_metrics(targets: Sequence[Reference],
                        predictions: Sequence[str]) -> Mapping[str, float]:
   """seqio-style metric_fn: {'exact_match', 'rouge_l'} in percent."""

@@ -50,6 +50,12 @@ def train_batches(name: str, data, vocab, seed: int) -> Iterator[dict]:
                               vocabulary=vocab, shard_info=shard)
 
 
+def truncation_report(name: str) -> Optional[list]:
+  """Per task, the fractions of training inputs / targets the lengths cut, when the
+  mixture's pipeline measured them (tasks.bigbench.mixture); else None."""
+  return getattr(_tasks().registry.provider(name), "last_truncation_report", None)
+
+
 def fewshot_batches(task: str, k: int, seed: int, data, vocab,
                     sampling: Optional[str] = None) -> Iterator[dict]:
   """Endless batches of the k-shot split of `task` drawn with `seed`; task id 0."""

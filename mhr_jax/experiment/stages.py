@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any, Optional, Sequence
 
 import gin
@@ -21,10 +22,13 @@ from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.checkpoints import orbax as orbax_store
 from mhr_jax.evaluation.evaluator import Evaluator
+from mhr_jax.evaluation.predictions import predictions_path
 from mhr_jax.evaluation.results import save_results, write_atomic
-from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
+from mhr_jax.evaluation.routing_overview import save_routing_picture
+from mhr_jax.evaluation.routing_plot import routing_probabilities
 from mhr_jax.experiment import data as stage_data
 from mhr_jax.experiment import fewshot_prompts
+from mhr_jax.experiment import report
 from mhr_jax.experiment.model_setup import fill_from, init_params, place_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import train_loop
@@ -186,17 +190,29 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
            "adapter_config": dataclasses.asdict(adapter) if adapter else None,
            "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
+  truncation = stage_data.truncation_report(mixture)
+  if truncation is not None:
+    write_atomic(os.path.join(stage_dir, "truncation.json"), json.dumps(truncation, indent=1))
   trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
+  t_start = time.time()
   state, history = trainer.run(params, trainable, batches, seed=seed,
                                description=f"multitask/{method}",
                                writer=_writer(os.path.join(stage_dir, "tensorboard")),
                                store=store, extra=extra, log_every=log_every,
                                show_progress=show_progress)
   write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
+  seconds = time.time() - t_start
+  outputs = {"checkpoints": os.path.join(stage_dir, "checkpoints"),
+             "tensorboard": os.path.join(stage_dir, "tensorboard"),
+             "train history": os.path.join(stage_dir, "train_history.json"),
+             "truncation per task": os.path.join(stage_dir, "truncation.json")}
   if adapter is not None and adapter.kind == "poly":
     names = sorted(table, key=table.get)
-    save_routing_heatmap(routing_probabilities(state.params), os.path.join(stage_dir,
-                         "routing.png"), names, title=f"{method}: learned routing")
+    paths = save_routing_picture(routing_probabilities(state.params), stage_dir, names,
+                                 title=f"{method}: learned routing")
+    outputs.update({"routing picture": paths["png"], "routing matrix": paths["csv"]})
+  report.stage_summary(f"multitask/{method} on {mixture} ({len(table)} tasks)",
+                       report.train_facts(steps, seconds, history), outputs)
   return stage_dir
 
 
@@ -310,7 +326,8 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
       state, _ = trainer.run(params, trainable, batches, seed=seed,
                              description=f"adapt/{method}/{task}/s{seed}", writer=writer,
                              log_every=log_every, show_progress=show_progress, on_step=on_step)
-      metrics_ = evals[-1] if evals else evaluator.evaluate(state.params, examples)
+      metrics_ = evals[-1] if evals else evaluator.evaluate(
+          state.params, examples, predictions_path(stage_dir, task, seed))
       record = {"task": task, "seed": int(seed), **metrics_}
       for name in (metrics_ if evals else ()):
         record[f"{name}_best_of_evals_optimistic"] = max(e[name] for e in evals)
@@ -321,7 +338,19 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   if selection == "best_of_evaluations":
     title += (f"; *_best_of_evals_optimistic: best of the evaluations every {eval_every} steps "
               f"on '{eval_split}' (selected on the reported split: optimistic)")
-  return save_results(stage_dir, records, title=title)
+  summary = save_results(stage_dir, records, title=title)
+  _results_summary(f"adapt/{method}", stage_dir,
+                   [f"{len(heldout)} held-out tasks x {len(seeds)} seeds, {k}-shot, "
+                    f"{steps} steps each", report.average_line(summary)])
+  return summary
+
+
+def _results_summary(title: str, stage_dir: str, facts) -> None:
+  report.stage_summary(title, facts, {
+      "results": os.path.join(stage_dir, "results.md"),
+      "results (JSON)": os.path.join(stage_dir, "results.json"),
+      "predictions": os.path.join(stage_dir, "predictions"),
+      "tensorboard": os.path.join(stage_dir, "tensorboard")})
 
 
 def mu_methods() -> list[str]:
@@ -381,9 +410,13 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
   for task in (list(tasks) if tasks else stage_data.heldout_tasks(family)):
     examples = fewshot_prompts.eval_examples(task, eval_split, max_eval_examples,
                                              prompts=prompts, seed=seed)
-    records.append({"task": task, "seed": int(seed), **evaluator.evaluate(params, examples)})
-  return save_results(stage_dir, records,
-                      title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
+    records.append({"task": task, "seed": int(seed),
+                    **evaluator.evaluate(params, examples, predictions_path(stage_dir, task, seed))})
+  summary = save_results(stage_dir, records,
+                         title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
+  _results_summary(f"zero_shot/{method}", stage_dir,
+                   [f"{len(records)} held-out tasks", report.average_line(summary)])
+  return summary
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -403,6 +436,11 @@ def evaluate_checkpoint(output_dir: str, *, multitask_dir: Optional[str] = None,
     examples = stage_data.eval_examples(task, split, max_eval_examples)
     tid = table.get(task, 0)
     records.append({"task": task, "seed": 0,
-                    **evaluator.evaluate(params, [{**ex, "task_id": tid} for ex in examples])})
-  return save_results(os.path.join(output_dir, "eval"), records,
-                      title=f"multi-task checkpoint on {split}")
+                    **evaluator.evaluate(params, [{**ex, "task_id": tid} for ex in examples],
+                                         predictions_path(os.path.join(output_dir, "eval"),
+                                                          task, 0))})
+  summary = save_results(os.path.join(output_dir, "eval"), records,
+                         title=f"multi-task checkpoint on {split}")
+  _results_summary("eval", os.path.join(output_dir, "eval"),
+                   [f"{len(records)} tasks on {split}", report.average_line(summary)])
+  return summary

@@ -44,9 +44,11 @@ def train_loop(state: TrainState, train_step: Callable, batches: Iterator[Mappin
   bar = tqdm(total=num_steps, initial=start, desc=description, disable=not show_progress,
              dynamic_ncols=True, leave=False)
   pending, tokens_since, t0 = None, 0.0, time.perf_counter()
+  shown = start  # steps already on the bar: it advances at host syncs, so its rate is honest
   for step in range(start, num_steps):
     batch = next(batches)
-    tokens_since += float(np.sum(batch["decoder_loss_weights"]))
+    tokens_since += float(np.count_nonzero(batch["encoder_input_tokens"]) +
+                          np.sum(batch["decoder_loss_weights"]))
     state, metrics = train_step(state, put_batch(batch))
     pending = metrics
     done = step + 1
@@ -59,15 +61,17 @@ def train_loop(state: TrainState, train_step: Callable, batches: Iterator[Mappin
             "try a lower learning rate, gradient clipping, or float32 activations")
       elapsed = time.perf_counter() - t0
       m["step"] = done
-      m["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
+      m["steps_per_s"] = (done - shown) / max(elapsed, 1e-9)
+      m["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)  # inputs + targets, no padding
       history.append(m)
       if writer is not None:
         for k, v in m.items():
           if k != "step":
             writer.add_scalar(f"{description}/{k}", v, done)
-      bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
-      tokens_since, t0 = 0.0, time.perf_counter()
-    bar.update(1)
+      bar.set_postfix(loss=f"{m['loss']:.4f}", steps_s=f"{m['steps_per_s']:.2f}",
+                      tok_s=f"{m['tokens_per_s']:.0f}")
+      bar.update(done - shown)
+      shown, tokens_since, t0 = done, 0.0, time.perf_counter()
     if checkpoint_fn is not None:
       checkpoint_fn(state, done)
   bar.close()
