@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
@@ -12,27 +11,42 @@ from mhr_jax.evaluation import metrics
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.models.decoding import greedy_decode
+from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.step import make_score_step
 
 
 class Evaluator:
-  """Holds the jitted scoring and decoding functions for one model.
+  """Holds the jitted scoring and decoding functions for one model on one mesh.
 
   Examples are dicts with 'inputs' (str), 'task_id' (int) and either
   'choices' (list[str]) + 'label' (int) for multiple choice, or 'targets'
   (list[str], any of which counts) for generation.
+
+  Parameters keep `param_shardings`; every batch is split over 'data' (the
+  batch size is rounded up to a multiple of the data axis and the last batch
+  padded with empty rows), so each chip scores only its rows.
   """
 
   def __init__(self, model, vocab, input_length: int, target_length: int,
-               batch_size: int = 32, single_task: bool = False):
+               batch_size: int, partitioner: Partitioner, param_shardings: Any,
+               single_task: bool = False):
     self.vocab = vocab
     self.input_length, self.target_length = input_length, target_length
-    self.batch_size = batch_size
+    data = partitioner.data_size
+    self.batch_size = -(-batch_size // data) * data
+    self.partitioner, self.param_shardings = partitioner, param_shardings
     self.n_tasks = routing_table_size(model.adapter)
-    self._score = jax.jit(make_score_step(model, single_task=single_task))
-    self._decode = jax.jit(lambda params, enc, tids: greedy_decode(
-        model, params, enc, max_decode_length=target_length, task_ids=tids,
-        single_task=single_task))
+    rows, out = partitioner.batch_sharding(), partitioner.replicated()
+    self._score = partitioner.jit(make_score_step(model, single_task=single_task),
+                                  in_shardings=(param_shardings, rows), out_shardings=out)
+    self._decode = partitioner.jit(
+        lambda params, enc, tids: greedy_decode(model, params, enc,
+                                                max_decode_length=target_length,
+                                                task_ids=tids, single_task=single_task),
+        in_shardings=(param_shardings, rows, rows), out_shardings=out)
+
+  def _put(self, batch: Mapping[str, np.ndarray]) -> dict:
+    return self.partitioner.shard_batch(batch, every_process_has_all=True)
 
   def evaluate(self, params: Mapping[str, Any], examples: Sequence[Mapping]) -> dict[str, float]:
     """Returns {'accuracy'} for multiple choice, {'exact_match', 'rouge_l'} otherwise (in %)."""
@@ -40,13 +54,18 @@ class Evaluator:
       raise ValueError("no evaluation examples")
     if self.n_tasks is not None:  # on the host: the jitted calls do not check
       validate_task_ids(np.asarray([ex["task_id"] for ex in examples]), self.n_tasks)
+    params = self.partitioner.place(params, self.param_shardings)
     if "choices" in examples[0]:
-      scores = choice_scores(lambda b: self._score(params, b), self.vocab, examples,
+      scores = choice_scores(lambda b: self._score(params, self._put(b)), self.vocab, examples,
                              self.input_length, self.target_length, self.batch_size)
       return {"accuracy": metrics.rank_classification_accuracy(scores, [ex["label"] for ex in examples])}
-    preds = generate_predictions(
-        lambda b: self._decode(params, b["encoder_input_tokens"], b["task_ids"]),
-        self.vocab, examples, self.input_length, self.batch_size)
+
+    def decode(batch):
+      batch = self._put({k: batch[k] for k in ("encoder_input_tokens", "task_ids")})
+      return self._decode(params, batch["encoder_input_tokens"], batch["task_ids"])
+
+    preds = generate_predictions(decode, self.vocab, examples, self.input_length,
+                                 self.batch_size)
     targets = [list(ex["targets"]) if not isinstance(ex["targets"], str) else [ex["targets"]]
                for ex in examples]
     return {"exact_match": metrics.exact_match(targets, preds),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Iterator, Optional
 
 import numpy as np
@@ -60,8 +59,3 @@ def fewshot_batches(task: str, k: int, seed: int, data, vocab) -> Iterator[dict]
 
 def eval_examples(task: str, split: str, max_examples: Optional[int]) -> list[dict]:
   return _tasks().eval_examples(task, split, max_examples)
-
-
-def skip(batches: Iterator[dict], n: int) -> Iterator[dict]:
-  """Advances a deterministic batch stream by n batches (the resume position)."""
-  return itertools.islice(batches, n, None)

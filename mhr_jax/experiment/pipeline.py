@@ -9,6 +9,7 @@ from typing import Sequence
 
 import gin
 
+from mhr_jax.adapters.methods import METHODS
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import stages
 
@@ -55,7 +56,6 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   """
   _check_choice("stage", stage, stages.STAGES)
   for m in adapt_methods:
-    from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
     _check_choice("method", m, METHODS)
   for m in zero_shot_methods:
     _check_choice("zero-shot method", m, stages.mu_methods())
