@@ -240,7 +240,7 @@ class Partitioner:
     variables = jax.jit(lambda *a: _unbox(init_fn(*a)), out_shardings=shardings)(*args)
     return variables, shardings
 
-  def state_shardings(self, abstract_state: Any, param_shardings: Mapping[str, Any]) -> Any:
+  def state_shardings(self, abstract_state: Any, params: Mapping[str, Any]) -> Any:
     """Shardings of a train state from the shardings of its parameters.
 
     A leaf stored under a parameter's key with the parameter's shape (the
@@ -252,22 +252,15 @@ class Partitioner:
       abstract_state: a pytree of arrays or ShapeDtypeStructs (e.g. from
         `jax.eval_shape`), whose parameter-like leaves sit under dict keys
         that are flat parameter paths ('encoder/layers_0/.../kernel').
-      param_shardings: {flat path: NamedSharding}.
+      params: {flat path: array or ShapeDtypeStruct with `.sharding`}.
     """
     def leaf(path, x):
       key = path[-1].key if path and isinstance(path[-1], jax.tree_util.DictKey) else None
-      s = param_shardings.get(key) if isinstance(key, str) else None
-      if s is not None and len(s.spec) <= len(x.shape) and self._divides(s, x.shape):
-        return s
+      p = params.get(key) if isinstance(key, str) else None
+      if p is not None and tuple(p.shape) == tuple(x.shape):
+        return p.sharding
       return self.replicated()
     return jax.tree_util.tree_map_with_path(leaf, abstract_state)
-
-  def _divides(self, sharding: NamedSharding, shape: tuple[int, ...]) -> bool:
-    for dim, axes in zip(shape, sharding.spec):
-      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-      if dim % math.prod(self.mesh.shape[a] for a in names):
-        return False
-    return True
 
   def place(self, tree: Any, shardings: Any) -> Any:
     """`jax.device_put(tree, shardings)`; leaves already so laid out are not copied."""

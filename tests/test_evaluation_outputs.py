@@ -12,13 +12,13 @@ import seqio
 
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.evaluator import Evaluator
-from mhr_jax.partitioning import Partitioner, make_mesh
-from mhr_jax.evaluation.metrics import rank_classification_accuracy
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
 from mhr_jax.experiment.model_setup import init_params, param_shardings
 from mhr_jax.models import T5, T5Config
+from mhr_jax.partitioning import Partitioner, make_mesh
+from tasks.metrics import rank_classification_accuracy
 
 
 def test_aggregate_means_and_seed_std(tmp_path):

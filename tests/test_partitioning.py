@@ -31,7 +31,7 @@ _HAS_ADAPTERS = (importlib.util.find_spec("mhr_jax.adapters.config") is not None
                  and importlib.util.find_spec("mhr_jax.adapters.layers") is not None)
 
 
-def _run_on_8_devices(check: str, *args: str) -> None:
+def _run_on_8_devices(check: str, *args: str, timeout: int = 300) -> None:
   """Runs `check(*args)` of this file in a fresh python with 8 CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              # Fewer XLA CPU optimisation passes: compiling, not running, is
@@ -43,7 +43,7 @@ def _run_on_8_devices(check: str, *args: str) -> None:
                        "--xla_cpu_use_fusion_emitters=false",
              PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, __file__, check, *args], env=env, cwd=_REPO,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0 and "CHECK OK" in proc.stdout, (
       f"{check}{args} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
       f"{proc.stderr[-6000:]}")
@@ -258,6 +258,7 @@ def check_every_stage_shards_its_parameters(output_dir: str) -> None:
     return evaluate(self, params, examples)
 
   Trainer.run, Evaluator.evaluate = recording_run, recording_evaluate
+  stages.save_routing_heatmap = lambda *args, **kwargs: None  # matplotlib is not under test
   configs = _REPO / "configs"
   tiny = ["mhr_jax.T5Config.d_model = 16", "mhr_jax.T5Config.d_kv = 4",
           "mhr_jax.T5Config.d_ff = 64", "mhr_jax.T5Config.num_heads = 4",
@@ -269,7 +270,7 @@ def check_every_stage_shards_its_parameters(output_dir: str) -> None:
           "adapt_heldout.mesh = @mhr_jax.MeshConfig()", "mu_zero_shot.mesh = @mhr_jax.MeshConfig()",
           "evaluate_checkpoint.mesh = @mhr_jax.MeshConfig()",
           "train_multitask.steps = 2", "train_multitask.show_progress = False",
-          "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)",
+          "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)",
           "adapt_heldout.show_progress = False", "mu_zero_shot.show_progress = False",
           "mu_zero_shot.steps = 1",
           "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
@@ -389,7 +390,8 @@ def test_rules_fallbacks_and_batch_placement_on_8_devices():
 
 
 def test_every_stage_splits_its_parameters_over_model(tmp_path):
-  _run_on_8_devices("check_every_stage_shards_its_parameters", str(tmp_path / "run"))
+  _run_on_8_devices("check_every_stage_shards_its_parameters", str(tmp_path / "run"),
+                    timeout=900)  # four stages with seqio data: the slowest check here
 
 
 def test_make_mesh_errors_name_sizes_and_device_count():

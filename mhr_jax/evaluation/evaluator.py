@@ -7,12 +7,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
-from mhr_jax.evaluation import metrics
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.models.decoding import greedy_decode
 from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.step import make_score_step
+from tasks import metrics
 
 
 class Evaluator:

@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mhr_jax.training.state import flatten_params
+
 
 def routing_probabilities(params: Mapping, name: str = "routing_logits") -> np.ndarray:
   """Mean over adapted layers of normalised sigmoid routing, [tasks, heads, skills].
@@ -14,7 +16,6 @@ def routing_probabilities(params: Mapping, name: str = "routing_logits") -> np.n
   Layers scanned with a leading 'layers' axis are averaged over it too.
   Raises ValueError when the tree holds no routing logits.
   """
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
   mats = []
   for path, value in flatten_params(params).items():
     if path.split("/")[-1] == name:

@@ -58,7 +58,7 @@ class Trainer:
     abstract = jax.eval_shape(
         lambda p, rng: TrainState.create(p, is_trainable, self.optimizer.tx, rng),
         params, jax.random.PRNGKey(0))
-    return self.partitioner.state_shardings(abstract, {k: v.sharding for k, v in flat.items()})
+    return self.partitioner.state_shardings(abstract, flat)
 
   def init_state(self, params: Any, is_trainable: Callable[[str], bool],
                  seed: int) -> TrainState:

@@ -19,7 +19,7 @@ from typing import Optional
 
 import seqio
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 from tasks import mixtures, registry, sources, splits
 from tasks.bigbench.parse import parse_task
 from tasks.bigbench.fetch import INDEX, default_cache_dir
