@@ -148,12 +148,13 @@ def validate_rules(rules: LogicalRules) -> tuple[tuple[str, Optional[str | tuple
 
   Raises:
     ValueError: `rules` is None, a rule is not a (logical name, mesh axis or
-      None) pair, a mesh axis is not one of MESH_AXES, or a name repeats.
+      None) pair, or a mesh axis is not one of MESH_AXES. (A name may repeat:
+      flax takes the first of its rules whose mesh axis the array still has free.)
   """
   if rules is None:
     raise ValueError("logical axis rules are None; give a rule table "
                      "(mhr_jax.partitioning.DEFAULT_RULES is the default)")
-  out, seen = [], set()
+  out = []
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise ValueError(f"logical axis rule {rule!r} is not a (logical name, mesh axis) pair")
@@ -163,9 +164,6 @@ def validate_rules(rules: LogicalRules) -> tuple[tuple[str, Optional[str | tuple
     if bad:
       raise ValueError(f"logical axis rule {tuple(rule)!r} names mesh axis {bad[0]!r}; valid "
                        f"mesh axes: {list(MESH_AXES)} or None (replicated)")
-    if name in seen:
-      raise ValueError(f"logical axis {name!r} has two rules; give each name one rule")
-    seen.add(name)
     out.append((name, axes if axes is None or isinstance(axes, str) else tuple(axes)))
   return tuple(out)
 

@@ -32,7 +32,7 @@ from mhr_jax.experiment.model_setup import fill_from, init_params, param_shardin
 from mhr_jax.models import T5, T5Config
 from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.optimizer import OptimizerConfig
-from mhr_jax.training.state import unflatten_params
+from mhr_jax.training.state import saved_params
 from mhr_jax.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def load_multitask(stage_dir: str):
   state, extra = store.restore()
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
-  params = {**state["frozen"], **state["trainable"]}
-  return model_config, adapter, unflatten_params(params), extra
+  return model_config, adapter, saved_params(state), extra
 
 
 @gin.configurable(denylist=["output_dir"])

@@ -39,7 +39,7 @@ class Trainer:
     self.n_tasks = routing_table_size(model.adapter)
     self.optimizer = make_optimizer(optimizer_config, steps)
     self.step_fn = make_train_step(model, self.optimizer, single_task=single_task)
-    self._jitted: dict[Any, JittedTrainStep] = {}
+    self._cache: dict[Any, tuple[Callable, JittedTrainStep]] = {}
 
   def state_shardings(self, params: Any, is_trainable: Callable[[str], bool]) -> TrainState:
     """The shardings of the train state of `params` (arrays or ShapeDtypeStructs with shardings).
@@ -70,23 +70,26 @@ class Trainer:
     """
     shardings = self.state_shardings(params, is_trainable)
     trainable, frozen = split_params(params, is_trainable)
-
-    def create(trainable, rng):
-      return (jnp.zeros((), jnp.int32), trainable, self.optimizer.tx.init(trainable), rng)
-
-    step, trainable, opt_state, rng = jax.jit(create, out_shardings=(
-        shardings.step, shardings.trainable, shardings.opt_state, shardings.rng))(
-            trainable, jax.random.PRNGKey(seed))
+    step, trainable, opt_state, rng = self._compiled(shardings)[0](
+        trainable, jax.random.PRNGKey(seed))
     return TrainState(step, trainable, self.partitioner.place(frozen, shardings.frozen),
                       opt_state, rng)
 
   def jit_step(self, state_shardings: TrainState) -> JittedTrainStep:
     """The jitted step for states laid out as `state_shardings` (built once per layout)."""
-    key = jax.tree_util.tree_flatten(state_shardings)
-    key = (tuple(key[0]), key[1])
-    if key not in self._jitted:
-      self._jitted[key] = JittedTrainStep(self.step_fn, self.partitioner, state_shardings)
-    return self._jitted[key]
+    return self._compiled(state_shardings)[1]
+
+  def _compiled(self, shardings: TrainState) -> tuple[Callable, JittedTrainStep]:
+    """(jitted state creation, jitted step) for one state layout, built on first use."""
+    leaves, treedef = jax.tree_util.tree_flatten(shardings)
+    key = (tuple(leaves), treedef)
+    if key not in self._cache:
+      def create(trainable, rng):
+        return (jnp.zeros((), jnp.int32), trainable, self.optimizer.tx.init(trainable), rng)
+      create = jax.jit(create, out_shardings=(shardings.step, shardings.trainable,
+                                              shardings.opt_state, shardings.rng))
+      self._cache[key] = (create, JittedTrainStep(self.step_fn, self.partitioner, shardings))
+    return self._cache[key]
 
   def _put_batch(self, batch: dict) -> dict:
     # Task ids are checked here, on the host, not inside the jitted step.
