@@ -270,6 +270,8 @@ def check_every_stage_shards_its_parameters(output_dir: str) -> None:
           "adapt_heldout.mesh = @mhr_jax.MeshConfig()", "mu_zero_shot.mesh = @mhr_jax.MeshConfig()",
           "evaluate_checkpoint.mesh = @mhr_jax.MeshConfig()",
           "train_multitask.steps = 2", "train_multitask.show_progress = False",
+          # One training task for data (its family's table still gives 32 routing rows).
+          "train_multitask.mixture = 'synthetic_reverse_then_caesar'",
           "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)",
           "adapt_heldout.show_progress = False", "mu_zero_shot.show_progress = False",
           "mu_zero_shot.steps = 1",
