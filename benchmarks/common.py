@@ -24,9 +24,9 @@ from mhr_jax.adapters.config import AdapterConfig  # noqa: E402
 from mhr_jax.adapters.methods import trainable_predicate  # noqa: E402
 from mhr_jax.experiment.model_setup import init_params  # noqa: E402
 from mhr_jax.models import T5, T5Config  # noqa: E402
-from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
-from mhr_jax.training.state import TrainState  # noqa: E402
-from mhr_jax.training.step import jit_train_step, make_train_step  # noqa: E402
+from mhr_jax.partitioning import Partitioner, make_mesh  # noqa: E402
+from mhr_jax.training.optimizer import OptimizerConfig  # noqa: E402
+from mhr_jax.training.trainer import Trainer  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Constant LR, no warmup: the schedule is irrelevant to speed and easy to match in torch.
@@ -58,16 +58,16 @@ def method_of(adapter: AdapterConfig) -> str:
 
 def build_jax_step(config: T5Config, adapter: AdapterConfig, *, single_task: bool = False,
                    seed: int = 0, optimizer: OptimizerConfig = OPT):
-  """(jitted step donating the non-frozen state, initial TrainState, trainable count)."""
+  """(jitted step donating the non-frozen state, initial TrainState, trainable count, partitioner)."""
   model = T5(config, adapter=adapter)
-  params = init_params(model, jax.random.PRNGKey(seed))
+  partitioner = Partitioner(make_mesh(data=1, model=1, devices=jax.devices()[:1]))
+  params = init_params(model, jax.random.PRNGKey(seed), partitioner)
   stage = "adapt" if adapter.kind == "lora" else "multitask"
-  tx, _ = make_optimizer(optimizer, total_steps=1000)
-  state = TrainState.create(params, trainable_predicate(method_of(adapter), stage), tx,
-                            jax.random.PRNGKey(seed + 1))
+  trainer = Trainer(model, optimizer, 1000, partitioner, single_task=single_task)
+  state = trainer.init_state(params, trainable_predicate(method_of(adapter), stage), seed + 1)
   n_trainable = int(sum(np.prod(v.shape) for v in state.trainable.values()))
-  step = jit_train_step(make_train_step(model, tx, single_task=single_task))
-  return step, state, n_trainable
+  step = trainer.jit_step(jax.tree.map(lambda x: x.sharding, state))
+  return step, state, n_trainable, partitioner
 
 
 class JaxRunner:
@@ -75,9 +75,9 @@ class JaxRunner:
 
   def __init__(self, config, adapter, batch, *, single_task=False, seed=0, optimizer=OPT):
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
-    self.step, self.state, self.n_trainable = build_jax_step(
+    self.step, self.state, self.n_trainable, partitioner = build_jax_step(
         config, adapter, single_task=single_task, seed=seed, optimizer=optimizer)
-    self.batch = jax.device_put(batch)
+    self.batch = partitioner.shard_batch(batch)
     # The first call traces and compiles (and runs one step, negligible next to compiling).
     t0 = time.perf_counter()
     self.state, metrics = self.step(self.state, self.batch)

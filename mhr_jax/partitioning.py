@@ -1,30 +1,36 @@
-"""Device mesh, logical axis rules, and the shardings of parameters and batches.
+"""The Partitioner: the device mesh, the logical axis rules, and every placement.
 
 Every parameter is created with `nn.with_logical_partitioning`, so it names
 its axes with *logical* names ('embed', 'mlp', 'skills', ...). One table of
-rules (`DEFAULT_RULES`) maps each logical name to a *mesh* axis ('data' or
-'model') or to None (replicated); changing the layout means changing the
-table, never the model.
+rules maps each logical name to a *mesh* axis ('data' or 'model') or to None
+(replicated); changing the layout means changing the table, never the model.
+`DEFAULT_RULES` is that table unless gin sets
+`mhr_jax.MeshConfig.logical_axis_rules`.
 
 Mesh: 2-D, axes ('data', 'model').
   data   the batch is split over it (data parallelism).
   model  large weight dimensions (vocab, mlp, heads * d_kv) are split over it
          (tensor / model parallelism, as in t5x and Megatron).
 
-Typical use:
+A `Partitioner` (t5x's idea) owns one mesh and one rule table, and is the
+only path by which the stages place parameters, train states and batches,
+and the only place that jits a step (with explicit input *and* output
+shardings, so a state comes back in the layout it went in):
 
-    mesh = make_mesh(data=-1, model=1)
-    variables, shardings = init_sharded(
-        lambda rng: model.init(rng, enc, dec), mesh, DEFAULT_RULES, rng)
-    batch = shard_batch(host_batch, mesh)    # [batch, ...] split over 'data'
+    partitioner = Partitioner(make_mesh(data=-1, model=2))
+    params, shardings = partitioner.init(init_fn, rng)   # sharded from the start
+    batch = partitioner.shard_batch(host_batch)          # [batch, ...] over 'data'
+    step = partitioner.jit(fn, in_shardings=..., out_shardings=...)
+
+Activations are not constrained: with the parameters and the batch laid out,
+XLA's sharding propagation (GSPMD) places the activations in between.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,9 +47,6 @@ LogicalRules = Sequence[tuple[str, Optional[str | tuple[str, ...]]]]
 # replicated (flax's priority order). Names missing from the table are
 # replicated, so a new adapter axis never breaks sharding.
 DEFAULT_RULES: tuple[tuple[str, Optional[str]], ...] = (
-    # Activations.
-    ("batch", "data"),
-    ("length", None),
     # Backbone parameters (t5x's 1-D model parallelism).
     ("vocab", "model"),
     ("mlp", "model"),
@@ -140,63 +143,161 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh,
   return PartitionSpec(*fitted)
 
 
-def param_shardings(variables: Any, mesh: Mesh,
-                    rules: LogicalRules = DEFAULT_RULES) -> Any:
-  """NamedShardings for a (boxed or abstract) variable tree.
+def validate_rules(rules: LogicalRules) -> tuple[tuple[str, Optional[str | tuple[str, ...]]], ...]:
+  """Normalises a rule table (gin hands over lists) and checks every rule.
 
-  Args:
-    variables: e.g. `jax.eval_shape(model.init, ...)` — leaves are
-      `nn.LogicallyPartitioned` boxes of arrays or ShapeDtypeStructs; plain
-      (unboxed) leaves with a shape are replicated.
-    mesh: from `make_mesh`.
-    rules: logical name -> mesh axis.
-  Returns:
-    A tree shaped like the *unboxed* variables, one `NamedSharding` a leaf.
+  Raises:
+    ValueError: `rules` is None, a rule is not a (logical name, mesh axis or
+      None) pair, or a mesh axis is not one of MESH_AXES. (A name may repeat:
+      flax takes the first of its rules whose mesh axis the array still has free.)
   """
-  logical = nn.get_partition_spec(variables)
-  is_spec = lambda x: isinstance(x, PartitionSpec)
-  mesh_specs = jax.tree.leaves(nn.logical_to_mesh(logical, rules), is_leaf=is_spec)
-  flat_logical = jax.tree.leaves(logical, is_leaf=is_spec)
-  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(_unbox(variables))
-  if not len(flat_logical) == len(mesh_specs) == len(flat_shapes):
-    raise ValueError("variables hold leaves without a shape; expected arrays or "
-                     "ShapeDtypeStructs (boxed or not)")
-  fitted = [
-      NamedSharding(mesh, _fit_spec(spec, x.shape, mesh, names,
-                                    jax.tree_util.keystr(path, simple=True, separator="/")))
-      for names, spec, (path, x) in zip(flat_logical, mesh_specs, flat_shapes)]
-  return jax.tree_util.tree_unflatten(treedef, fitted)
+  if rules is None:
+    raise ValueError("logical axis rules are None; give a rule table "
+                     "(mhr_jax.partitioning.DEFAULT_RULES is the default)")
+  out = []
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"logical axis rule {rule!r} is not a (logical name, mesh axis) pair")
+    name, axes = rule
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    bad = [a for a in names if a not in MESH_AXES]
+    if bad:
+      raise ValueError(f"logical axis rule {tuple(rule)!r} names mesh axis {bad[0]!r}; valid "
+                       f"mesh axes: {list(MESH_AXES)} or None (replicated)")
+    out.append((name, axes if axes is None or isinstance(axes, str) else tuple(axes)))
+  return tuple(out)
 
 
-def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules,
-                 *args) -> tuple[Any, Any]:
-  """Initialises variables directly in their sharded layout.
+def param_key(path: tuple) -> str:
+  """A key path -> 'a/b/kernel' (how flat parameter dicts and logs name a leaf)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
-  The shapes come from `jax.eval_shape(init_fn, *args)`, so no full copy of
-  the parameters ever exists on one device.
 
-  Args:
-    init_fn: e.g. `lambda rng: model.init(rng, enc_tokens, dec_tokens)`.
-    mesh, rules: the layout.
-    *args: passed to `init_fn` (rng keys, example inputs).
-  Returns:
-    (variables, shardings): the unboxed variables placed on `mesh`, and the
-    matching tree of `NamedSharding`.
+class Partitioner:
+  """Owns one mesh and one rule table; places and jits everything of a stage.
+
+  Attributes:
+    mesh: the ('data', 'model') device mesh.
+    rules: the logical axis rules, resolved once (never None).
   """
-  abstract = jax.eval_shape(init_fn, *args)
-  shardings = param_shardings(abstract, mesh, rules)
-  variables = jax.jit(lambda *a: _unbox(init_fn(*a)), out_shardings=shardings)(*args)
-  return variables, shardings
 
+  def __init__(self, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
+    self.mesh = mesh
+    self.rules = validate_rules(rules)
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  """The sharding of a value every device holds whole (scalars, metrics)."""
-  return NamedSharding(mesh, PartitionSpec())
+  @property
+  def data_size(self) -> int:
+    """Number of data-parallel shards: a global batch must be a multiple of it."""
+    return int(self.mesh.shape["data"])
 
+  def replicated(self) -> NamedSharding:
+    """The sharding of a value every device holds whole (scalars, metrics, rng)."""
+    return NamedSharding(self.mesh, PartitionSpec())
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Splits the leading (batch) dimension over 'data'; other dims replicated."""
-  return NamedSharding(mesh, PartitionSpec("data"))
+  def batch_sharding(self) -> NamedSharding:
+    """Splits the leading (batch) dimension over 'data'; other dims replicated."""
+    return NamedSharding(self.mesh, PartitionSpec("data"))
+
+  def param_shardings(self, variables: Any) -> Any:
+    """NamedShardings for a (boxed or abstract) variable tree.
+
+    Args:
+      variables: e.g. `jax.eval_shape(model.init, ...)` — leaves are
+        `nn.LogicallyPartitioned` boxes of arrays or ShapeDtypeStructs; plain
+        (unboxed) leaves with a shape are replicated.
+    Returns:
+      A tree shaped like the *unboxed* variables, one `NamedSharding` a leaf.
+    """
+    logical = nn.get_partition_spec(variables)
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    mesh_specs = jax.tree.leaves(nn.logical_to_mesh(logical, self.rules), is_leaf=is_spec)
+    flat_logical = jax.tree.leaves(logical, is_leaf=is_spec)
+    flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(_unbox(variables))
+    if not len(flat_logical) == len(mesh_specs) == len(flat_shapes):
+      raise ValueError("variables hold leaves without a shape; expected arrays or "
+                       "ShapeDtypeStructs (boxed or not)")
+    fitted = [NamedSharding(self.mesh, _fit_spec(spec, x.shape, self.mesh, names,
+                                                 param_key(path)))
+              for names, spec, (path, x) in zip(flat_logical, mesh_specs, flat_shapes)]
+    return jax.tree_util.tree_unflatten(treedef, fitted)
+
+  def init(self, init_fn: Callable[..., Any], *args) -> tuple[Any, Any]:
+    """Initialises variables directly in their sharded layout.
+
+    The shapes come from `jax.eval_shape(init_fn, *args)`, so no full copy of
+    the parameters ever exists on one device.
+
+    Args:
+      init_fn: e.g. `lambda rng: model.init(rng, enc_tokens, dec_tokens)`.
+      *args: passed to `init_fn` (rng keys, example inputs).
+    Returns:
+      (variables, shardings): the unboxed variables placed on the mesh, and
+      the matching tree of `NamedSharding`.
+    """
+    shardings = self.param_shardings(jax.eval_shape(init_fn, *args))
+    variables = jax.jit(lambda *a: _unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return variables, shardings
+
+  def state_shardings(self, abstract_state: Any, params: Mapping[str, Any]) -> Any:
+    """Shardings of a train state from the shardings of its parameters.
+
+    A leaf stored under a parameter's key with the parameter's shape (the
+    parameter itself, Adam's mu and nu, ...) takes the parameter's sharding;
+    every other leaf (step counts, rng, Adafactor's factored moments) is
+    replicated.
+
+    Args:
+      abstract_state: a pytree of arrays or ShapeDtypeStructs (e.g. from
+        `jax.eval_shape`), whose parameter-like leaves sit under dict keys
+        that are flat parameter paths ('encoder/layers_0/.../kernel').
+      params: {flat path: array or ShapeDtypeStruct with `.sharding`}.
+    """
+    def leaf(path, x):
+      key = path[-1].key if path and isinstance(path[-1], jax.tree_util.DictKey) else None
+      p = params.get(key) if isinstance(key, str) else None
+      if p is not None and tuple(p.shape) == tuple(x.shape):
+        return p.sharding
+      return self.replicated()
+    return jax.tree_util.tree_map_with_path(leaf, abstract_state)
+
+  def place(self, tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)`; leaves already so laid out are not copied."""
+    return jax.device_put(tree, shardings)
+
+  def shard_batch(self, batch: Mapping[str, np.ndarray],
+                  every_process_has_all: bool = False) -> dict[str, jax.Array]:
+    """Places a host batch on the mesh, each feature [batch, ...] split over 'data'.
+
+    With several processes, `batch` is this process's part of the global batch:
+    process p holds rows [p * local, (p + 1) * local), the rows its devices
+    own along 'data' (read them with `process_shard_info`) — unless
+    `every_process_has_all` (evaluation: every process builds the whole batch).
+    """
+    sharding = self.batch_sharding()
+    data_dim = self.mesh.axis_names.index("data")
+    # The rows of this process are split again over its own positions on 'data'.
+    local_shards = len({index[data_dim] for index, device in np.ndenumerate(self.mesh.devices)
+                        if device.process_index == jax.process_index()})
+    out = {}
+    for name, value in batch.items():
+      value = np.asarray(value)
+      if every_process_has_all:
+        _check_feature(name, value, self.data_size)
+        out[name] = jax.make_array_from_callback(value.shape, sharding, value.__getitem__)
+      else:
+        _check_feature(name, value, max(1, local_shards))
+        out[name] = jax.make_array_from_process_local_data(sharding, value)
+    return out
+
+  def jit(self, fn: Callable, in_shardings: Any, out_shardings: Any,
+          donate_argnums: tuple[int, ...] = ()) -> Any:
+    """`jax.jit` with explicit input and output shardings (a `.lower()`-able object).
+
+    Explicit out_shardings keep a state in the layout it came in, so the
+    next call hits the compilation cache instead of recompiling.
+    """
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                   donate_argnums=donate_argnums)
 
 
 def _check_feature(name: str, value: np.ndarray, rows_per_shard_divisor: int) -> None:
@@ -209,43 +310,6 @@ def _check_feature(name: str, value: np.ndarray, rows_per_shard_divisor: int) ->
   if value.shape[0] % rows_per_shard_divisor:
     raise ValueError(f"batch feature {name!r} has {value.shape[0]} rows, not divisible "
                      f"by {rows_per_shard_divisor} data shards")
-
-
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch on `mesh`, each feature [batch, ...] split over 'data'.
-
-  With several processes, `batch` is this process's part of the global batch
-  (see `host_local_batch_to_global`).
-  """
-  if jax.process_count() > 1:
-    return host_local_batch_to_global(batch, mesh)
-  sharding = batch_sharding(mesh)
-  out = {}
-  for name, value in batch.items():
-    value = np.asarray(value)
-    _check_feature(name, value, mesh.shape["data"])
-    out[name] = jax.device_put(value, sharding)
-  return out
-
-
-def host_local_batch_to_global(batch: Mapping[str, np.ndarray],
-                               mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's rows into one global array per feature.
-
-  Process p holds rows [p * local, (p + 1) * local) of the global batch, the
-  rows its devices own along 'data' (read them with `process_shard_info`).
-  """
-  sharding = batch_sharding(mesh)
-  # The rows of this process are split again over its own positions on 'data'.
-  data_dim = mesh.axis_names.index("data")
-  local_shards = len({index[data_dim] for index, device in np.ndenumerate(mesh.devices)
-                      if device.process_index == jax.process_index()})
-  out = {}
-  for name, value in batch.items():
-    value = np.asarray(value)
-    _check_feature(name, value, max(1, local_shards))
-    out[name] = jax.make_array_from_process_local_data(sharding, value)
-  return out
 
 
 def process_shard_info() -> tuple[int, int]:
@@ -271,37 +335,3 @@ def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True
-
-
-@contextlib.contextmanager
-def sharding_context(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Iterator[None]:
-  """Makes `mesh` and `rules` current, so `with_sharding_constraint` takes effect."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    yield
-
-
-def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
-  """Constrains an activation's layout by logical names, e.g. ('batch', 'length', 'embed').
-
-  Uses the rules of the enclosing `sharding_context`; without one it is a
-  no-op, so model code can call it unconditionally.
-  """
-  return nn.with_logical_constraint(x, PartitionSpec(*logical_axes))
-
-
-def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
-  """Keeps leaves already laid out on `mesh`; replicates every other leaf over it.
-
-  A train state mixes parameters sharded by `init_sharded` with scalars
-  (step, rng) created on one device; giving every leaf a mesh sharding keeps
-  the jitted step's input and output layouts equal, so it compiles once.
-  """
-  rep = replicated(mesh)
-
-  def place(x):
-    s = getattr(x, "sharding", None)
-    if isinstance(s, NamedSharding) and s.mesh == mesh:
-      return x
-    return jax.device_put(x, rep)
-
-  return jax.tree_util.tree_map(place, tree)

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 
 import seqio
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 from tasks import mixtures, registry, sources, splits
 
 FAMILY = "natural_instructions"

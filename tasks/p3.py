@@ -38,7 +38,7 @@ from typing import Optional
 import seqio
 import tensorflow as tf
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 from tasks import mixtures, preprocessors, registry, sources
 
 FAMILY = "p3"

@@ -28,8 +28,7 @@ from typing import Callable, Optional
 
 import seqio
 
-from mhr_jax.evaluation import metrics
-from tasks import fewshot, mixtures, registry, sources
+from tasks import fewshot, metrics, mixtures, registry, sources
 
 FAMILY = "synthetic"
 TRAIN_MIXTURE = "synthetic_train"

@@ -12,12 +12,13 @@ import seqio
 
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.evaluator import Evaluator
-from mhr_jax.evaluation.metrics import rank_classification_accuracy
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
-from mhr_jax.experiment.model_setup import init_params
+from mhr_jax.experiment.model_setup import init_params, param_shardings
 from mhr_jax.models import T5, T5Config
+from mhr_jax.partitioning import Partitioner, make_mesh
+from tasks.metrics import rank_classification_accuracy
 
 
 def test_aggregate_means_and_seed_std(tmp_path):
@@ -81,8 +82,11 @@ def test_evaluator_checks_task_ids_on_the_host():
                     dropout_rate=0.0)
   model = T5(config, adapter=AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=2,
                                            n_heads=2, target_modules="qv"))
+  partitioner = Partitioner(make_mesh(devices=jax.devices()[:1]))
   params = init_params(model, jax.random.PRNGKey(0))
-  evaluator = Evaluator(model, seqio.ByteVocabulary(), 8, 4, batch_size=2)
+  evaluator = Evaluator(model, seqio.ByteVocabulary(), 8, 4, batch_size=2,
+                        partitioner=partitioner,
+                        param_shardings=param_shardings(model, partitioner))
   examples = [{"inputs": "ab", "targets": ["b"], "task_id": t} for t in (0, 2, 1)]
   scores = evaluator.evaluate(params, examples)
   assert set(scores) == {"exact_match", "rouge_l"}

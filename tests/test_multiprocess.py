@@ -64,16 +64,16 @@ def check_process(process_id: str, port: str) -> None:
   rows = len(host_batch["task_ids"]) // N_PROCESSES
   mine = {k: v[pid * rows:(pid + 1) * rows] for k, v in host_batch.items()}
   for data, model_size in ((4, 1), (2, 2)):
-    mesh = partitioning.make_mesh(data=data, model=model_size)
+    partitioner = partitioning.Partitioner(partitioning.make_mesh(data=data, model=model_size))
     abstract = jax.eval_shape(init_fn, jax.random.key(0))
-    shardings = partitioning.param_shardings(abstract, mesh)["params"]
-    params = jax.device_put(ref_params, shardings)
-    batch = partitioning.shard_batch(mine, mesh)
+    shardings = partitioner.param_shardings(abstract)["params"]
+    params = partitioner.place(ref_params, shardings)
+    batch = partitioner.shard_batch(mine)
     for name, x in batch.items():
       assert x.shape[0] == len(host_batch[name]), (name, x.shape)  # global arrays
       assert not x.is_fully_addressable
-    step = jax.jit(grad_fn, in_shardings=(shardings, partitioning.batch_sharding(mesh)),
-                   out_shardings=partitioning.replicated(mesh))
+    step = partitioner.jit(grad_fn, in_shardings=(shardings, partitioner.batch_sharding()),
+                           out_shardings=partitioner.replicated())
     loss, grads = step(params, batch)
     np.testing.assert_allclose(np.asarray(loss), np.asarray(ref_loss), rtol=1e-5, atol=1e-5)
     flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]

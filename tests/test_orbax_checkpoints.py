@@ -177,7 +177,7 @@ def test_sharded_save_and_restore_on_8_devices(tmp_path):
 # --- Run in the 8-device subprocess. -----------------------------------------
 
 def _sharded_init(rng):
-  """Boxed params + adam state + step: `init_sharded` lays out all of it."""
+  """Boxed params + adam state + step: `Partitioner.init` lays out all of it."""
   k1, k2, k3 = jax.random.split(rng, 3)
   box = nn.LogicallyPartitioned
   params = {
@@ -194,9 +194,8 @@ def _sharded_init(rng):
 
 def check_sharded_round_trip(directory: str) -> None:
   assert jax.device_count() == 8
-  rules = partitioning.DEFAULT_RULES
-  mesh = partitioning.make_mesh(data=2, model=4)
-  state, shardings = partitioning.init_sharded(_sharded_init, mesh, rules, jax.random.key(0))
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(data=2, model=4))
+  state, _ = partitioner.init(_sharded_init, jax.random.key(0))
   embedding = state["params"]["token_embedder/embedding"]
   assert tuple(embedding.sharding.spec) == ("model",)
   mu = state["opt_state"][0].mu["encoder/layers_0/mlp/wi/kernel"]
@@ -209,9 +208,8 @@ def check_sharded_round_trip(directory: str) -> None:
     _assert_same(restored, state)
     assert extra == _extra(3)
     # Onto another layout (pure data parallelism): same values, new shardings.
-    dp_mesh = partitioning.make_mesh(data=8, model=1)
-    dp_shardings = partitioning.param_shardings(jax.eval_shape(_sharded_init, jax.random.key(0)),
-                                                dp_mesh, rules)
+    dp = partitioning.Partitioner(partitioning.make_mesh(data=8, model=1))
+    dp_shardings = dp.param_shardings(jax.eval_shape(_sharded_init, jax.random.key(0)))
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           state, dp_shardings)
     restored, _ = store.restore(3, target=target)

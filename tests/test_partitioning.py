@@ -35,7 +35,7 @@ _HAS_ADAPTERS = (importlib.util.find_spec("mhr_jax.adapters.config") is not None
                  and importlib.util.find_spec("mhr_jax.adapters.layers") is not None)
 
 
-def _run_on_8_devices(check: str, *args: str) -> None:
+def _run_on_8_devices(check: str, *args: str, timeout: int = 300) -> None:
   """Runs `check(*args)` of this file in a fresh python with 8 CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              # Fewer XLA CPU optimisation passes: compiling, not running, is
@@ -47,7 +47,7 @@ def _run_on_8_devices(check: str, *args: str) -> None:
                        "--xla_cpu_use_fusion_emitters=false",
              PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, __file__, check, *args], env=env, cwd=_REPO,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0 and "CHECK OK" in proc.stdout, (
       f"{check}{args} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
       f"{proc.stderr[-6000:]}")
@@ -59,7 +59,7 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
                       compare_init: str = "no") -> None:
   """Loss and gradients on a (data, model) mesh equal the 1-device values.
 
-  compare_init='yes' also checks that `init_sharded` draws the same values
+  compare_init='yes' also checks that `Partitioner.init` draws the same values
   as an unsharded init (one more compile, so only one case pays for it).
   """
   assert jax.device_count() == 8, jax.devices()
@@ -72,9 +72,8 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
   rng = jax.random.key(0)
   grad_fn = _loss_fn(model)
 
-  mesh = partitioning.make_mesh(data=data, model=model_size)
-  variables, shardings = partitioning.init_sharded(init_fn, mesh, partitioning.DEFAULT_RULES,
-                                                   rng)
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(data=data, model=model_size))
+  variables, shardings = partitioner.init(init_fn, rng)
   params, param_shardings = variables["params"], shardings["params"]
   for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings)):
     assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
@@ -94,15 +93,15 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
   # Reference: everything on one device.
   ref_loss, ref_grads = jax.jit(grad_fn)(ref_params, host_batch)
 
-  batch = partitioning.shard_batch(host_batch, mesh)
+  batch = partitioner.shard_batch(host_batch)
   for name, x in batch.items():
     assert x.sharding.spec[0] == "data", (name, x.sharding)
     assert len(x.addressable_shards) == 8
     assert x.addressable_shards[0].data.shape[0] == x.shape[0] // data
 
-  sharded_step = jax.jit(grad_fn, in_shardings=(param_shardings,
-                                                partitioning.batch_sharding(mesh)),
-                         out_shardings=(partitioning.replicated(mesh), param_shardings))
+  sharded_step = partitioner.jit(grad_fn,
+                                 in_shardings=(param_shardings, partitioner.batch_sharding()),
+                                 out_shardings=(partitioner.replicated(), param_shardings))
   loss, grads = sharded_step(params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
   flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
@@ -135,13 +134,13 @@ def check_equivalence(data: str, model_size: str, variant: str, adapter_kind: st
 
 
 def check_sparse_routing_steps(data: str, model_size: str) -> None:
-  """Three train steps with the row-sparse routing update on a mesh == on 1 device."""
+  """Three row-sparse train steps on a mesh == on 1 device, compiled once per mesh."""
   assert jax.device_count() == 8
   from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
   from mhr_jax.experiment.model_setup import init_params, place_params  # pylint: disable=g-import-not-at-top
-  from mhr_jax.experiment.stages import Trainer  # pylint: disable=g-import-not-at-top
   from mhr_jax.training.optimizer import OptimizerConfig  # pylint: disable=g-import-not-at-top
   from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   model = T5(_config("v1_1"), adapter=_adapter("poly"))
   opt = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, sparse_routing=True)
   trainable = methods.trainable_predicate("mhr", stage="multitask")
@@ -151,9 +150,15 @@ def check_sparse_routing_steps(data: str, model_size: str) -> None:
   out = []
   for mesh in (partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1]),
                partitioning.make_mesh(data=int(data), model=int(model_size))):
-    trainer = Trainer(model, opt, len(batches), mesh, single_task=False)
-    state, _ = trainer.run(place_params(model, host, mesh), trainable, iter(batches), seed=0,
-                           description="sparse", show_progress=False)
+    partitioner = partitioning.Partitioner(mesh)
+    trainer = Trainer(model, opt, len(batches), partitioner, single_task=False)
+    params = place_params(model, host, partitioner)
+    state, _ = trainer.run(params, trainable, iter(batches), seed=0, description="sparse",
+                           show_progress=False)
+    # The state came back in the layout it went in: steps 2 and 3 reused step 1's program.
+    assert _compilations(trainer) == 1, _compilations(trainer)
+    assert (jax.tree.map(lambda x: x.sharding, state)
+            == trainer.state_shardings(params, trainable)), "state resharded by the step"
     out.append({k: np.asarray(v) for k, v in flatten_params(state.params).items()})
   one, many = out
   moved = [k for k in one if k.endswith("routing_logits")
@@ -161,6 +166,89 @@ def check_sparse_routing_steps(data: str, model_size: str) -> None:
   assert moved, "routing did not train"
   for k in one:
     np.testing.assert_allclose(many[k], one[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  print("CHECK OK")
+
+
+def _compilations(trainer) -> int:
+  """How many programs the trainer's jitted steps hold (1 per layout when nothing recompiled)."""
+  return sum(step.jitted._cache_size() for _, step in trainer._cache.values())  # pylint: disable=protected-access
+
+
+def _device0_bytes(tree) -> int:
+  """Bytes of `tree` held by device 0 (the sum of its shards there)."""
+  device = jax.devices()[0]
+  return sum(shard.data.nbytes for x in jax.tree.leaves(tree)
+             for shard in x.addressable_shards if shard.device == device)
+
+
+def check_every_stage_shards_its_parameters(output_dir: str) -> None:
+  """Each stage's parameters and train state, on a data 2 x model 4 mesh, are split over 'model'.
+
+  Runs multitask, adapt, zero_shot and eval (tiny synthetic run) and records
+  what every Trainer returns and every Evaluator receives. Equal losses could
+  not tell a replicated layout from a sharded one; bytes on one device can.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation.evaluator import Evaluator  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import pipeline, stages  # pylint: disable=g-import-not-at-top
+  from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  seen = []  # (stage, what, tree)
+  run, evaluate = Trainer.run, Evaluator.evaluate
+
+  def recording_run(self, params, trainable_fn, batches, **kwargs):
+    state, history = run(self, params, trainable_fn, batches, **kwargs)
+    assert _compilations(self) == 1, (kwargs["description"], _compilations(self))
+    seen.append((kwargs["description"].split("/")[0], "state", state))
+    return state, history
+
+  def recording_evaluate(self, params, examples):
+    seen.append((current[0], "params", params))
+    return evaluate(self, params, examples)
+
+  Trainer.run, Evaluator.evaluate = recording_run, recording_evaluate
+  stages.save_routing_heatmap = lambda *args, **kwargs: None  # matplotlib is not under test
+  configs = _REPO / "configs"
+  tiny = ["mhr_jax.T5Config.d_model = 16", "mhr_jax.T5Config.d_kv = 4",
+          "mhr_jax.T5Config.d_ff = 64", "mhr_jax.T5Config.num_heads = 4",
+          "mhr_jax.T5Config.num_layers = 1", "mhr_jax.T5Config.num_decoder_layers = 1",
+          "mhr_jax.AdapterConfig.n_skills = 2", "mhr_jax.AdapterConfig.rank = 2",
+          "mhr_jax.DataConfig.batch_size = 4", "mhr_jax.DataConfig.eval_batch_size = 3",
+          "mhr_jax.MeshConfig.data = 2", "mhr_jax.MeshConfig.model = 4",
+          "train_multitask.mesh = @mhr_jax.MeshConfig()",
+          "adapt_heldout.mesh = @mhr_jax.MeshConfig()", "mu_zero_shot.mesh = @mhr_jax.MeshConfig()",
+          "evaluate_checkpoint.mesh = @mhr_jax.MeshConfig()",
+          "train_multitask.steps = 2", "train_multitask.show_progress = False",
+          # One training task for data (its family's table still gives 32 routing rows).
+          "train_multitask.mixture = 'synthetic_reverse_then_caesar'",
+          "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)",
+          "adapt_heldout.show_progress = False", "mu_zero_shot.show_progress = False",
+          "mu_zero_shot.steps = 1",
+          "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
+          "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
+          "evaluate_checkpoint.tasks = ['synthetic_reverse_then_caesar']",
+          "adapt_heldout.max_eval_examples = 3", "mu_zero_shot.max_eval_examples = 3",
+          "evaluate_checkpoint.max_eval_examples = 3", f"run.output_dir = '{output_dir}'"]
+  gin_cli.parse([str(configs / "experiments" / "synthetic.gin"), str(configs / "methods" / "mhr.gin")],
+                tiny, [str(configs), str(_REPO)])
+  for current in (["multitask"], ["adapt"], ["zero_shot"], ["eval"]):
+    with gin.unlock_config():
+      gin.bind_parameter("run.stage", current[0])
+    pipeline.run()
+  stages_seen = sorted({stage for stage, _, _ in seen})
+  assert stages_seen == ["adapt", "eval", "multitask", "zero_shot"], stages_seen
+  for stage, what, tree in seen:
+    params = flatten_params(tree.params if what == "state" else tree)
+    kernels = {k: v for k, v in params.items()
+               if k.endswith("kernel") and ("/mlp/" in k or "/attention/" in k)}
+    assert kernels, sorted(params)
+    for k, v in kernels.items():  # every backbone kernel is split 4 ways over 'model'
+      assert _device0_bytes(v) * 4 == v.nbytes, (stage, what, k, v.sharding)
+    total = sum(v.nbytes for v in jax.tree.leaves(tree))
+    print(f"BYTES {stage} {what}: device 0 holds {_device0_bytes(tree)} of {total}; "
+          f"parameters {_device0_bytes(params)} of {sum(v.nbytes for v in params.values())}")
   print("CHECK OK")
 
 
@@ -187,8 +275,9 @@ def check_rules() -> None:
   handler.emit = records.append
   logging.getLogger().addHandler(handler)
   logging.getLogger().setLevel(logging.INFO)
-  shardings = partitioning.param_shardings(variables, mesh)
-  shardings_again = partitioning.param_shardings(variables, mesh)
+  partitioner = partitioning.Partitioner(mesh)
+  shardings = partitioner.param_shardings(variables)
+  shardings_again = partitioner.param_shardings(variables)
   specs = {k: tuple(s.spec) for k, s in shardings.items()}
   assert specs == {
       "kernel": (None, "model"),
@@ -206,25 +295,24 @@ def check_rules() -> None:
 
   # Batches: split over 'data' (2 rows per data shard here), checked for size.
   host = {"tokens": np.arange(12, dtype=np.int32).reshape(4, 3)}
-  placed = partitioning.shard_batch(host, mesh)["tokens"]
-  assert tuple(placed.sharding.spec) == ("data",)
-  assert {s.data.shape for s in placed.addressable_shards} == {(2, 3)}
-  np.testing.assert_array_equal(placed, host["tokens"])
-  global_ = partitioning.host_local_batch_to_global(host, mesh)["tokens"]
-  assert global_.sharding == placed.sharding
-  np.testing.assert_array_equal(global_, host["tokens"])
+  for every_process_has_all in (False, True):
+    placed = partitioner.shard_batch(host, every_process_has_all)["tokens"]
+    assert tuple(placed.sharding.spec) == ("data",)
+    assert {s.data.shape for s in placed.addressable_shards} == {(2, 3)}
+    np.testing.assert_array_equal(placed, host["tokens"])
   with pytest.raises(ValueError, match=r"'tokens' has 3 rows.*2 data shards"):
-    partitioning.shard_batch({"tokens": np.zeros((3, 2), np.int32)}, mesh)
+    partitioner.shard_batch({"tokens": np.zeros((3, 2), np.int32)})
   with pytest.raises(TypeError, match="'choices'"):
-    partitioning.shard_batch({"choices": np.array([["a", "b"]] * 2)}, mesh)
+    partitioner.shard_batch({"choices": np.array([["a", "b"]] * 2)})
 
-  # Activation constraints take effect only inside a sharding context.
-  @jax.jit
-  def constrained(x):
-    return partitioning.with_sharding_constraint(x * 2, ("batch", "length", "mlp"))
-  x = jnp.ones((4, 2, 8))
-  with partitioning.sharding_context(mesh):
-    assert tuple(constrained(x).sharding.spec) == ("data", None, "model")
+  # Rules set from gin replace the defaults, for every placement.
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment.config import MeshConfig  # pylint: disable=g-import-not-at-top
+  gin.parse_config(["mhr_jax.MeshConfig.model = 4",
+                    "mhr_jax.MeshConfig.logical_axis_rules = [('mlp', None), ('embed', 'model')]"])
+  from_gin = MeshConfig().build()
+  gin.clear_config()
+  assert tuple(from_gin.param_shardings(variables)["kernel"].spec) == ("model",)
   assert partitioning.process_shard_info() == (0, 1)
   print("CHECK OK")
 
@@ -254,6 +342,11 @@ def test_rules_fallbacks_and_batch_placement_on_8_devices():
   _run_on_8_devices("check_rules")
 
 
+def test_every_stage_splits_its_parameters_over_model(tmp_path):
+  _run_on_8_devices("check_every_stage_shards_its_parameters", str(tmp_path / "run"),
+                    timeout=900)  # four stages with seqio data: the slowest check here
+
+
 def test_make_mesh_errors_name_sizes_and_device_count():
   devices = jax.devices()[:1]
   with pytest.raises(ValueError, match=r"data=2 x model=1 = 2 devices, but 1 devices"):
@@ -273,9 +366,18 @@ def test_every_adapter_axis_has_a_replicating_rule():
     assert name in rules and rules[name] is None, name
 
 
-def test_unboxed_arrays_are_replicated():
+def test_rule_tables_are_checked_once_when_the_partitioner_is_built():
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  shardings = partitioning.param_shardings({"w": jnp.ones((4, 2)), "s": jnp.zeros(())}, mesh)
+  with pytest.raises(ValueError, match=r"rules are None.*DEFAULT_RULES"):
+    partitioning.Partitioner(mesh, None)
+  with pytest.raises(ValueError, match=r"mesh axis 'tensor'; valid mesh axes: \['data', 'model'\]"):
+    partitioning.Partitioner(mesh, [("mlp", "tensor")])
+  assert partitioning.Partitioner(mesh, [["mlp", "model"]]).rules == (("mlp", "model"),)
+
+
+def test_unboxed_arrays_are_replicated():
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(devices=jax.devices()[:1]))
+  shardings = partitioner.param_shardings({"w": jnp.ones((4, 2)), "s": jnp.zeros(())})
   assert shardings["w"].spec == jax.sharding.PartitionSpec()
   assert shardings["s"].is_fully_replicated
 

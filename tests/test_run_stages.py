@@ -13,6 +13,7 @@ import pytest
 import run as run_cli
 from mhr_jax import gin_cli
 from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
+from mhr_jax.training.trainer import Trainer
 from tests.utils import MICRO, record_evaluations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,13 +68,13 @@ def test_method_files_cover_every_method():
 def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   """Each group: one multi-task stage, then every method config's adaptation."""
   rates = []  # the learning rate of each Trainer: multi-task first, then each method's
-  init = stages.Trainer.__init__
+  init = Trainer.__init__
 
   def recording_init(self, model, optimizer_config, *args, **kwargs):
     rates.append(optimizer_config.learning_rate)
     init(self, model, optimizer_config, *args, **kwargs)
 
-  monkeypatch.setattr(stages.Trainer, "__init__", recording_init)
+  monkeypatch.setattr(Trainer, "__init__", recording_init)
   evaluations = record_evaluations(monkeypatch)
   files = GROUPS[multitask_method]
   names = [os.path.basename(p)[:-4] for p in files]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tasks
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 from tasks import bigbench, registry, sources, splits
 from tasks.bigbench import __main__ as bb_cli
 from tasks.bigbench import fetch as bb_prepare

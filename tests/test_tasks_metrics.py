@@ -2,7 +2,7 @@
 
 import pytest
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 
 
 def test_exact_match_is_case_sensitive_and_accepts_any_reference():

@@ -13,11 +13,11 @@ from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.checkpoints.orbax import CheckpointStore
 from mhr_jax.experiment.model_setup import init_params
-from mhr_jax.experiment.stages import Trainer
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import NonFiniteLossError, train_loop
 from mhr_jax.training.optimizer import OptimizerConfig
 from mhr_jax.param_tree import flatten as flatten_params
+from mhr_jax.training.trainer import Trainer
 
 CFG = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
                num_heads=2, dropout_rate=0.1, feed_forward_proj="gated-gelu",
@@ -50,10 +50,11 @@ def interrupted(batches, n):
 @pytest.fixture(scope="module", params=[False, True], ids=["dense_routing", "sparse_routing"])
 def setup(request):
   model = T5(CFG, adapter=ADAPTER)
-  mesh = partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1])
-  params = init_params(model, jax.random.PRNGKey(0), mesh)
+  partitioner = partitioning.Partitioner(
+      partitioning.make_mesh(data=1, model=1, devices=jax.devices()[:1]))
+  params = init_params(model, jax.random.PRNGKey(0), partitioner)
   trainer = Trainer(model, OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.1,
-                                           sparse_routing=request.param), 20, mesh,
+                                           sparse_routing=request.param), 20, partitioner,
                     single_task=False)
   trainable = methods.trainable_predicate("mhr", stage="multitask", train_backbone=False)
   return params, trainer, trainable

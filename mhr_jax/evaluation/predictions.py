@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 
 
 def multiple_choice_lines(examples: Sequence[Mapping], scores: Sequence[np.ndarray]) -> list[dict]:

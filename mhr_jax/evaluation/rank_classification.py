@@ -18,19 +18,20 @@ from mhr_jax.evaluation.batching import make_choice_batch
 
 def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
                   examples: Sequence[Mapping], input_length: int, target_length: int,
-                  batch_size: int) -> list[np.ndarray]:
+                  batch_size: int, row_multiple: int = 1) -> list[np.ndarray]:
   """Scores every choice of every example.
 
   Args:
     score_fn: choice batch (`make_choice_batch`) -> [b, C] choice scores.
     examples: dicts with 'inputs' (str), 'choices' (list[str]) and 'task_id'.
     batch_size: (example, choice) pairs per call; a batch holds
-      max(1, batch_size // C) examples, C the most choices of any example.
+      max(1, batch_size // C) examples, C the most choices of any example,
+      rounded up to a multiple of `row_multiple` (the data-parallel axis size).
   Returns:
     One float array [num_choices] per example.
   """
   c = max(len(ex["choices"]) for ex in examples)
-  per_batch = max(1, batch_size // c)
+  per_batch = -(-max(1, batch_size // c) // row_multiple) * row_multiple
   out = []
   for start in range(0, len(examples), per_batch):
     chunk = examples[start:start + per_batch]

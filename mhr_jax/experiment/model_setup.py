@@ -1,4 +1,4 @@
-"""Builds the model and its (sharded) parameters for a stage."""
+"""Builds a stage's model parameters, laid out by the stage's Partitioner."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhr_jax import param_tree, partitioning
-from mhr_jax.models import T5, T5Config
+from mhr_jax import param_tree
+from mhr_jax.models import T5
+from mhr_jax.partitioning import Partitioner
 
 
 def example_batch(batch_size: int, input_length: int, target_length: int) -> dict:
@@ -35,30 +36,34 @@ def _init_fn(model: T5, input_length: int = 8, target_length: int = 4):
   return init_fn
 
 
-def init_params(model: T5, rng: jax.Array, mesh: Optional[jax.sharding.Mesh] = None,
-                rules=None) -> dict:
-  """Random parameters (unboxed), placed on `mesh` by their logical axes when given."""
-  init_fn = _init_fn(model)
-  if mesh is None:
-    return nn.meta.unbox(jax.jit(init_fn)(rng))
-  params, _ = partitioning.init_sharded(init_fn, mesh, rules, rng)
+def abstract_params(model: T5) -> Any:
+  """The parameters' shapes and logical axes (boxed ShapeDtypeStructs); no memory used."""
+  return jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
+
+
+def param_shardings(model: T5, partitioner: Partitioner) -> dict:
+  """{...nested params...: NamedSharding} of `model` under `partitioner`'s rules."""
+  return partitioner.param_shardings(abstract_params(model))
+
+
+def init_params(model: T5, rng: jax.Array, partitioner: Optional[Partitioner] = None) -> dict:
+  """Random parameters (unboxed); laid out by `partitioner` when given, else on one device."""
+  if partitioner is None:
+    return nn.meta.unbox(jax.jit(_init_fn(model))(rng))
+  params, _ = partitioner.init(_init_fn(model), rng)
   return params
 
 
-def place_params(model: T5, params: Mapping[str, Any], mesh: jax.sharding.Mesh,
-                 rules=None) -> dict:
-  """Puts an existing tree of `model`'s parameters on `mesh` by their logical axes."""
-  abstract = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
-  kwargs = {} if rules is None else {"rules": rules}
-  shardings = partitioning.param_shardings(abstract, mesh, **kwargs)
-  return jax.device_put(nn.meta.unbox(params), shardings)
+def place_params(model: T5, params: Mapping[str, Any], partitioner: Partitioner) -> dict:
+  """Puts an existing tree of `model`'s parameters on the mesh by their logical axes."""
+  return partitioner.place(nn.meta.unbox(params), param_shardings(model, partitioner))
 
 
 def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
   """Copies every array of `source` whose path exists in `target` (shape-checked).
 
   Used to put pretrained backbone weights into a freshly initialised tree
-  that also holds new adapter parameters.
+  that also holds new adapter parameters; each copy keeps the target's sharding.
   """
   tgt, src = param_tree.flatten(target), param_tree.flatten(source)
   for k, v in src.items():

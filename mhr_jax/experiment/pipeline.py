@@ -9,6 +9,7 @@ from typing import Sequence
 
 import gin
 
+from mhr_jax.adapters.methods import METHODS
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import stages
 
@@ -58,7 +59,6 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   # The configuration this run reads (every binding after all overrides), t5x style.
   write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
   for m in adapt_methods:
-    from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
     _check_choice("method", m, METHODS)
   for m in zero_shot_methods:
     _check_choice("zero-shot method", m, stages.mu_methods())

@@ -1,6 +1,10 @@
 """The stages a user runs: multi-task pre-training, few-shot adaptation, evaluation.
 
 Each stage is a gin-configurable function (t5x style); `run.py` picks one.
+Every stage reads the same way: build the Partitioner from `MeshConfig`,
+the model, its parameters placed by the Partitioner, a `Trainer` (training/
+trainer.py) for the steps, an `Evaluator` (evaluation/evaluator.py) for the
+scores, and `save_results` for the tables.
 """
 
 from __future__ import annotations
@@ -10,17 +14,16 @@ import json
 import logging
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import gin
 import jax
-import numpy as np
+from tensorboardX import SummaryWriter
 
-from mhr_jax import param_tree, partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
-from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.checkpoints import orbax as orbax_store
+from mhr_jax.checkpoints.hf import load_hf_checkpoint
 from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.predictions import predictions_path
 from mhr_jax.evaluation.results import save_results, write_atomic
@@ -29,110 +32,40 @@ from mhr_jax.evaluation.routing_plot import routing_probabilities
 from mhr_jax.experiment import data as stage_data
 from mhr_jax.experiment import fewshot_prompts
 from mhr_jax.experiment import report
-from mhr_jax.experiment.model_setup import fill_from, init_params, place_params
+from mhr_jax.experiment.config import DataConfig, MeshConfig
+from mhr_jax.experiment.model_setup import fill_from, init_params, param_shardings, place_params
 from mhr_jax.models import T5, T5Config
-from mhr_jax.training.loop import train_loop
+from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.multiple_choice import MultipleChoiceLoss
-from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
-from mhr_jax.training.state import TrainState
-from mhr_jax.training.step import jit_train_step, make_train_step
+from mhr_jax.training.optimizer import OptimizerConfig
+from mhr_jax.training.state import saved_params
+from mhr_jax.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-gin.external_configurable(T5Config, module="mhr_jax")
-gin.external_configurable(AdapterConfig, module="mhr_jax")
-gin.external_configurable(OptimizerConfig, module="mhr_jax")
 
 STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline")
 
 
 class StageError(ValueError):
   """An unknown stage or method name; the message lists the valid ones."""
+
+
 _NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat")
 SELECTIONS = ("final", "best_of_evaluations")
 
 
-@gin.configurable(module="mhr_jax")
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  """Device mesh: `data` x `model` (-1 = all remaining devices)."""
-  data: int = -1
-  model: int = 1
-  coordinator_address: Optional[str] = None
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
-
-  def build(self) -> jax.sharding.Mesh:
-    partitioning.maybe_initialize_distributed(self.coordinator_address, self.num_processes,
-                                              self.process_id)
-    return partitioning.make_mesh(data=self.data, model=self.model)
+def _evaluator(model: T5, vocab, data: DataConfig, partitioner: Partitioner,
+               single_task: bool, length_normalize: bool = False) -> Evaluator:
+  return Evaluator(model, vocab, data.input_length, data.target_length, data.eval_batch_size,
+                   partitioner, param_shardings(model, partitioner), single_task=single_task,
+                   length_normalize=length_normalize)
 
 
-@gin.configurable(module="mhr_jax")
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """What the model reads: sequence lengths, batch size, vocabulary."""
-  input_length: int = 32
-  target_length: int = 32
-  batch_size: int = 32
-  eval_batch_size: int = 64
-  vocabulary: str = "byte"  # 'byte' | 'checkpoint' | 'sentencepiece'
-
-
-def _writer(directory: str):
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  return SummaryWriter(directory)
-
-
-class Trainer:
-  """One jitted train step for a model + optimizer, reused across tasks and seeds."""
-
-  def __init__(self, model: T5, optimizer_config: OptimizerConfig, steps: int, mesh, *,
-               single_task: bool, batch_loss=None):
-    self.steps, self.mesh = steps, mesh
-    self.n_tasks = routing_table_size(model.adapter)
-    self.optimizer, lr_fn = make_optimizer(optimizer_config, steps)
-    self.step_fn = jit_train_step(make_train_step(model, self.optimizer, single_task=single_task,
-                                                  learning_rate_fn=lr_fn, batch_loss=batch_loss))
-
-  def _put_batch(self, batch: dict) -> dict:
-    # Task ids are checked here, on the host, not inside the jitted step.
-    if self.n_tasks is not None:
-      validate_task_ids(np.asarray(batch["task_ids"]), self.n_tasks)
-    return partitioning.shard_batch(batch, self.mesh)
-
-  def run(self, params: dict, trainable_fn, batches, *, seed: int, description: str,
-          writer=None, store=None, extra=None, log_every: int = 10,
-          show_progress: bool = True, on_step=None):
-    """Builds the state (or resumes it from `store`) and trains; returns (state, history).
-
-    on_step(state, step), if given, runs after every step (after checkpointing).
-    """
-    state = TrainState.create(params, trainable_fn, self.optimizer, jax.random.PRNGKey(seed))
-    if store is not None and store.latest_step() is not None:
-      state, _ = store.restore(target=state)
-      log.info("%s: resumed from step %d", description, int(state.step))
-    # The step donates everything but the frozen parameters; copy the trainable
-    # ones so the caller's arrays (e.g. the multi-task skills that every task
-    # and seed starts from) stay alive.
-    state = partitioning.place_on_mesh(state, self.mesh)
-    state = state.replace(trainable={k: v.copy() for k, v in state.trainable.items()})
-    batches = stage_data.skip(batches, int(state.step))
-    ckpt = None
-    if store is not None or on_step is not None:
-      def ckpt(s, step):
-        if store is not None:
-          store.save(step, s, extra or {}, force=step == self.steps)
-        if on_step is not None:
-          on_step(s, step)
-    state, history = train_loop(
-        state, self.step_fn, batches, self.steps,
-        put_batch=self._put_batch, writer=writer,
-        log_every=log_every, checkpoint_fn=ckpt, description=description,
-        show_progress=show_progress)
-    if store is not None:
-      store.wait_until_finished()
-    return state, history
+def _evaluate(evaluator: Evaluator, params, task: str, examples, stage_dir: str,
+              seed: int = 0) -> dict:
+  """One results record: `task` scored on `examples`; predictions saved under `stage_dir`."""
+  metrics_ = evaluator.evaluate(params, examples, predictions_path(stage_dir, task, seed))
+  return {"task": task, "seed": int(seed), **metrics_}
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -163,7 +96,6 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
     if not os.path.isdir(hf_checkpoint):
       raise FileNotFoundError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
                               "local Hugging Face T5 checkpoint (nothing is downloaded)")
-    from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
     # Architecture from the checkpoint; numerics (dtype, scan, remat) from model_config.
     numerics = {f: getattr(model_config, f) for f in _NUMERICS} if model_config else {}
     model_config, pretrained = load_hf_checkpoint(hf_checkpoint, **numerics)
@@ -178,8 +110,8 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   adapter = methods.multitask_adapter_config(method, adapter_config or AdapterConfig(),
                                              n_tasks=len(table))
   model = T5(model_config, adapter=adapter)
-  mesh_ = mesh.build()
-  params = init_params(model, jax.random.PRNGKey(seed), mesh_)
+  partitioner = mesh.build()
+  params = init_params(model, jax.random.PRNGKey(seed), partitioner)
   if pretrained is not None:
     params = fill_from(params, pretrained)
   trainable = methods.trainable_predicate(method, stage="multitask",
@@ -193,11 +125,11 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   truncation = stage_data.truncation_report(mixture)
   if truncation is not None:
     write_atomic(os.path.join(stage_dir, "truncation.json"), json.dumps(truncation, indent=1))
-  trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
+  trainer = Trainer(model, optimizer, steps, partitioner, single_task=False)
   t_start = time.time()
   state, history = trainer.run(params, trainable, batches, seed=seed,
                                description=f"multitask/{method}",
-                               writer=_writer(os.path.join(stage_dir, "tensorboard")),
+                               writer=SummaryWriter(os.path.join(stage_dir, "tensorboard")),
                                store=store, extra=extra, log_every=log_every,
                                show_progress=show_progress)
   write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
@@ -226,8 +158,7 @@ def load_multitask(stage_dir: str):
   state, extra = store.restore()
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
-  params = {**state["frozen"], **state["trainable"]}
-  return model_config, adapter, param_tree.unflatten(params), extra
+  return model_config, adapter, saved_params(state), extra
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -286,8 +217,8 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   stage_dir = os.path.join(output_dir, f"adapt_{method}")
   vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
   heldout = list(tasks) if tasks else stage_data.heldout_tasks(family)
-  mesh_ = mesh.build()
-  writer = _writer(os.path.join(stage_dir, "tensorboard"))
+  partitioner = mesh.build()
+  writer = SummaryWriter(os.path.join(stage_dir, "tensorboard"))
   trainable = methods.trainable_predicate(method, stage="adapt")
   model = trainer = evaluator = None
   records = []
@@ -302,13 +233,12 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
           routing_init=routing_init, mu_average=mu_average, base_config=adapter_config)
       if model is None:  # same shapes for every task and seed: compile once
         model = T5(model_config, adapter=adapter)
-        trainer = Trainer(model, optimizer, steps, mesh_, single_task=True,
+        trainer = Trainer(model, optimizer, steps, partitioner, single_task=True,
                           batch_loss=loss if loss.active else None)
-        evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                              data.eval_batch_size, single_task=True,
-                              length_normalize=length_normalize)
+        evaluator = _evaluator(model, vocab, data, partitioner, single_task=True,
+                               length_normalize=length_normalize)
       # init_adaptation_params returns the complete tree of `model`; put it on the mesh.
-      params = place_params(model, params, mesh_)
+      params = place_params(model, params, partitioner)
       if python_batches:
         batches = fewshot_prompts.fewshot_batches(
             task, k_task, seed, data.batch_size, vocab, data.input_length, data.target_length,
@@ -326,13 +256,12 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
       state, _ = trainer.run(params, trainable, batches, seed=seed,
                              description=f"adapt/{method}/{task}/s{seed}", writer=writer,
                              log_every=log_every, show_progress=show_progress, on_step=on_step)
-      metrics_ = evals[-1] if evals else evaluator.evaluate(
-          state.params, examples, predictions_path(stage_dir, task, seed))
-      record = {"task": task, "seed": int(seed), **metrics_}
-      for name in (metrics_ if evals else ()):
+      record = ({"task": task, "seed": int(seed), **evals[-1]} if evals else
+                _evaluate(evaluator, state.params, task, examples, stage_dir, seed))
+      for name in (evals[-1] if evals else ()):
         record[f"{name}_best_of_evals_optimistic"] = max(e[name] for e in evals)
       records.append(record)
-      log.info("%s %s seed %d: %s", method, task, seed, metrics_)
+      log.info("%s: %s", method, record)
   title = f"{method}: {k}-shot on held-out tasks" + (
       f" ({', '.join(f'{t}: {n}' for t, n in sorted(k_by_task.items()))})" if k_by_task else "")
   if selection == "best_of_evaluations":
@@ -389,29 +318,27 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
                      "mu_zero_shot.mixture")
   stage_dir = os.path.join(output_dir, f"zero_shot_{method}")
   vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
-  mesh_ = mesh.build()
+  partitioner = mesh.build()
   adapter, params = methods.init_adaptation_params(method, mt_params, mt_adapter,
                                                    mu_average=mu_average)
   model = T5(model_config, adapter=adapter)
-  params = place_params(model, params, mesh_)
+  params = place_params(model, params, partitioner)
   if steps > 0:
-    trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
+    trainer = Trainer(model, optimizer, steps, partitioner, single_task=False)
     batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
     state, history = trainer.run(params, methods.trainable_predicate(method), batches,
                                  seed=seed, description=f"zero_shot/{method}",
-                                 writer=_writer(os.path.join(stage_dir, "tensorboard")),
+                                 writer=SummaryWriter(os.path.join(stage_dir, "tensorboard")),
                                  log_every=log_every, show_progress=show_progress)
     write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
     params = state.params
-  evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                        data.eval_batch_size, single_task=True,
-                        length_normalize=length_normalize)
+  evaluator = _evaluator(model, vocab, data, partitioner, single_task=True,
+                         length_normalize=length_normalize)
   records = []
   for task in (list(tasks) if tasks else stage_data.heldout_tasks(family)):
     examples = fewshot_prompts.eval_examples(task, eval_split, max_eval_examples,
                                              prompts=prompts, seed=seed)
-    records.append({"task": task, "seed": int(seed),
-                    **evaluator.evaluate(params, examples, predictions_path(stage_dir, task, seed))})
+    records.append(_evaluate(evaluator, params, task, examples, stage_dir, seed))
   summary = save_results(stage_dir, records,
                          title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
   _results_summary(f"zero_shot/{method}", stage_dir,
@@ -422,7 +349,7 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
 @gin.configurable(denylist=["output_dir"])
 def evaluate_checkpoint(output_dir: str, *, multitask_dir: Optional[str] = None,
                         tasks: Optional[Sequence[str]] = None, split: str = "validation",
-                        data: DataConfig = DataConfig(),
+                        data: DataConfig = DataConfig(), mesh: MeshConfig = MeshConfig(),
                         max_eval_examples: Optional[int] = None) -> dict:
   """Restores a multi-task checkpoint and evaluates it on its training tasks."""
   multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
@@ -430,17 +357,17 @@ def evaluate_checkpoint(output_dir: str, *, multitask_dir: Optional[str] = None,
   table = extra["task_ids"]
   vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
   model = T5(model_config, adapter=adapter)
-  evaluator = Evaluator(model, vocab, data.input_length, data.target_length, data.eval_batch_size)
+  partitioner = mesh.build()
+  params = place_params(model, params, partitioner)
+  evaluator = _evaluator(model, vocab, data, partitioner, single_task=False)
+  eval_dir = os.path.join(output_dir, "eval")
   records = []
   for task in (tasks or sorted(table, key=table.get)):
-    examples = stage_data.eval_examples(task, split, max_eval_examples)
     tid = table.get(task, 0)
-    records.append({"task": task, "seed": 0,
-                    **evaluator.evaluate(params, [{**ex, "task_id": tid} for ex in examples],
-                                         predictions_path(os.path.join(output_dir, "eval"),
-                                                          task, 0))})
-  summary = save_results(os.path.join(output_dir, "eval"), records,
-                         title=f"multi-task checkpoint on {split}")
-  _results_summary("eval", os.path.join(output_dir, "eval"),
+    examples = [{**ex, "task_id": tid} for ex in stage_data.eval_examples(task, split,
+                                                                          max_eval_examples)]
+    records.append(_evaluate(evaluator, params, task, examples, eval_dir))
+  summary = save_results(eval_dir, records, title=f"multi-task checkpoint on {split}")
+  _results_summary("eval", eval_dir,
                    [f"{len(records)} tasks on {split}", report.average_line(summary)])
   return summary

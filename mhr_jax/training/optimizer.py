@@ -4,10 +4,10 @@ The optimizer only ever sees the trainable parameters (see `state.py`), so a
 frozen backbone carries no optimizer state. Routing logits (paths ending in
 `routing_logits`) get `routing_learning_rate` and `routing_weight_decay` (default 0: decay
 would pull the routing towards uniform); everything else `learning_rate`
-and `weight_decay`. With `sparse_routing` (AdamW only) the routing logits are
-updated row-sparsely, only the rows of the batch's tasks (sparse_routing.py):
-the same result as dense AdamW when every step sees every task, and a step
-cost independent of the number of tasks.
+and `weight_decay`. With `sparse_routing` (AdamW only) the routing group's
+transformation is `row_sparse_adamw`, which updates only the rows of the
+batch's tasks (sparse_routing.py): the same result as dense AdamW when every
+step sees every task, and a step cost independent of the number of tasks.
 
 Adafactor is `optax.adafactor` without momentum (Hugging Face's `Adafactor`
 with relative_step=False, warmup_init=False, as microsoft/mttl uses it:
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from mhr_jax.param_tree import is_routing_path
-from mhr_jax.training.sparse_routing import SparseRoutingOptimizer
+from mhr_jax.training.sparse_routing import row_sparse_adamw
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -62,6 +62,23 @@ class OptimizerConfig:
     if self.sparse_routing and self.name != "adamw":
       raise ValueError(f"sparse_routing=True needs optimizer name='adamw', got "
                        f"name={self.name!r}; valid choices with sparse routing: ['adamw']")
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """What the train step needs from the optimizer configuration.
+
+  Attributes:
+    tx: over a flat {path: array} dict of the trainable parameters; its
+      `update` takes the extra argument `rows` (None, or the routing rows of
+      a row-sparse step, see sparse_routing.py).
+    learning_rate: step -> the main learning rate (logged as a metric).
+    sparse_routing: the step runs the model on the batch's routing rows
+      (`sparse_routing.routing_view`) and `tx` updates those rows only.
+  """
+
+  tx: optax.GradientTransformationExtraArgs
+  learning_rate: Callable
+  sparse_routing: bool = False
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float,
@@ -130,25 +147,26 @@ def param_label(path: str) -> str:
   return "routing" if is_routing_path(path) else "adapter"
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int):
-  """Returns (optimizer over a flat {path: array} dict, main learning-rate schedule).
+def make_optimizer(config: OptimizerConfig, total_steps: int) -> Optimizer:
+  """The optimizer of `config` for a run of `total_steps` steps.
 
-  The optimizer is an optax transformation, or with `sparse_routing` a
-  `SparseRoutingOptimizer` (which `make_train_step` recognises).
+  Clipping (by the joint global norm of all gradients), then one
+  transformation per parameter group ('adapter', 'routing', see
+  `param_label`).
   """
   lr = learning_rate_schedule(config.learning_rate, total_steps, config.warmup_fraction,
                               config.schedule)
   routing_lr = learning_rate_schedule(config.routing_learning_rate or config.learning_rate,
                                       total_steps, config.warmup_fraction, config.schedule)
   if config.sparse_routing:
-    return SparseRoutingOptimizer(
-        dense=_base(config, lr, config.weight_decay), routing_learning_rate=routing_lr,
-        b1=config.b1, b2=config.b2, weight_decay=config.routing_weight_decay,
-        clip_grad_norm=config.clip_grad_norm or None), lambda step: lr(jnp.asarray(step))
+    routing = row_sparse_adamw(routing_lr, b1=config.b1, b2=config.b2,
+                               weight_decay=config.routing_weight_decay)
+  else:
+    routing = _base(config, routing_lr, config.routing_weight_decay)
   labels = lambda params: {k: param_label(k) for k in params}
-  tx = optax.multi_transform({"adapter": _base(config, lr, config.weight_decay),
-                              "routing": _base(config, routing_lr, config.routing_weight_decay)},
-                             labels)
+  tx = optax.partition({"adapter": _base(config, lr, config.weight_decay), "routing": routing},
+                       labels)
   if config.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
-  return tx, lambda step: lr(jnp.asarray(step))
+  return Optimizer(optax.with_extra_args_support(tx), lambda step: lr(jnp.asarray(step)),
+                   config.sparse_routing)

@@ -3,30 +3,42 @@
 A batch touches only the rows of Z ∈ R^{|T| x h x |Φ|} of the tasks in it,
 but a dense optimizer reads and writes all |T| rows of Z and of both Adam
 moments on every step; with 10,000 tasks that is the bulk of the step. With
-`OptimizerConfig.sparse_routing` the train step instead
+`OptimizerConfig.sparse_routing` the one train step (step.py) instead
 
-  1. gathers the batch's distinct rows Z[rows] ([b, h, |Φ|], `batch_rows`)
-     and runs the model on that sub-table with task ids renumbered into it,
+  1. cuts every routing table to the batch's distinct rows Z[rows]
+     ([b, h, |Φ|], `routing_view`) and runs the model on that sub-table with
+     the task ids renumbered into it,
   2. differentiates w.r.t. the sub-table (its gradient is the dense
      gradient's non-zero rows, so the global-norm clip is unchanged),
-  3. applies AdamW to those rows only and scatters them back in place
-     (`row_adamw`; the state is donated, so the scatter does not copy).
+  3. hands those row gradients and `rows` to the optimizer, where
+     `row_sparse_adamw` (an optax `GradientTransformationExtraArgs`, chosen by
+     `make_optimizer`) updates the rows' Adam moments in place and returns
+     row updates [b, h, |Φ|],
+  4. adds the row updates into the tables (`apply_updates`; the state is
+     donated, so the scatter does not copy).
+
+Why the gather is in the step and not inside the transform: the model itself
+must run on the sub-table, or the forward and backward passes would still
+touch all |T| rows. `routing_view` and `apply_updates` are the only two
+places that know a routing table may be seen through its rows; with dense
+routing they are the identity and `optax.apply_updates`.
 
 Rows of tasks absent from a batch keep their parameters and moments
 (TensorFlow's LazyAdam): this equals dense AdamW whenever every step sees
 every task, and otherwise differs only in the momentum that dense AdamW
-keeps applying to absent rows. Bias correction uses the global step.
+keeps applying to absent rows. Bias correction uses the transform's own
+step count, which advances once per train step.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
+from mhr_jax.adapters.routing import gather_routing_logits as gather_rows
 from mhr_jax.param_tree import is_routing_path
 from mhr_jax.training.state import FlatParams
 
@@ -38,6 +50,8 @@ def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]
   the sorted ids with every repeat replaced by n_tasks (out of range: gathers
   give NaN rows, scatters drop them), so each distinct id appears once; local_ids[i]
   is the position of task_ids[i] in rows, so Z[rows][local_ids] == Z[task_ids].
+  A bad id (negative or >= n_tasks) lands on a NaN row and poisons its loss,
+  as the dense gather does.
   """
   ids = task_ids.astype(jnp.int32)
   ordered = jnp.sort(ids)
@@ -47,94 +61,82 @@ def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]
   return rows, local_ids
 
 
-def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
-  """table [T, ...], rows [b] -> [b, ...]; rows outside [0, T) (padding, bad ids) are NaN.
+def routing_view(trainable: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]
+                 ) -> tuple[FlatParams, jax.Array, dict]:
+  """(view, rows, batch): the parameters the model runs on for a row-sparse step.
 
-  Padding rows are never looked up by the model and never written back; a
-  bad task id's row poisons its loss, as the dense gather does.
+  Every routing table [T, h, s] of `trainable` becomes its rows `rows` [b, h, s]
+  (`batch_rows`), and the batch's task ids are renumbered into those rows;
+  other parameters pass through. Without routing tables, rows is empty.
   """
-  rows = jnp.where(rows < 0, table.shape[0], rows)  # take() counts negatives from the end
-  return jnp.take(table, rows, axis=0, mode="fill", fill_value=jnp.nan)
+  routing = {k: v for k, v in trainable.items() if is_routing_path(k)}
+  if not routing:
+    return dict(trainable), jnp.zeros((0,), jnp.int32), dict(batch)
+  n_tasks = {v.shape[0] for v in routing.values()}
+  if len(n_tasks) > 1:
+    raise ValueError(f"routing tables disagree on n_tasks: {sorted(n_tasks)}")
+  rows, local_ids = batch_rows(batch["task_ids"], n_tasks.pop())
+  view = {**trainable, **{k: gather_rows(v, rows) for k, v in routing.items()}}
+  return view, rows, {**batch, "task_ids": local_ids}
 
 
-@struct.dataclass
-class RowAdamState:
-  """Adam moments of each routing table, {path: [T, h, s]} float32."""
+def apply_updates(params: Mapping[str, jax.Array], updates: Mapping[str, jax.Array],
+                  rows: Optional[jax.Array]) -> FlatParams:
+  """params + updates; with `rows`, each routing table's update is its rows [b, ...].
 
-  mu: FlatParams
-  nu: FlatParams
-
-
-@struct.dataclass
-class SparseRoutingState:
-  """Optimizer state: optax state of the dense (non-routing) parameters + routing moments."""
-
-  dense: optax.OptState
-  routing: RowAdamState
-
-
-class SparseRoutingOptimizer(struct.PyTreeNode):
-  """Dense optax transformation for adapters; row-wise AdamW for `routing_logits`.
-
-  `dense` must not clip: the train step clips the gradients of both halves
-  by their joint global norm (`clip_grad_norm`, None for no clipping).
+  Rows equal to the table size (padding of `batch_rows`) are dropped.
   """
-
-  dense: optax.GradientTransformation = struct.field(pytree_node=False)
-  routing_learning_rate: Callable[[jax.Array], jax.Array] = struct.field(pytree_node=False)
-  b1: float = struct.field(pytree_node=False, default=0.9)
-  b2: float = struct.field(pytree_node=False, default=0.999)
-  eps: float = struct.field(pytree_node=False, default=1e-8)
-  weight_decay: float = struct.field(pytree_node=False, default=0.0)
-  clip_grad_norm: float | None = struct.field(pytree_node=False, default=None)
-
-  def init(self, trainable: Mapping[str, jax.Array]) -> SparseRoutingState:
-    dense, routing = split_routing(trainable)
-    zeros = lambda: {k: jnp.zeros(v.shape, jnp.float32) for k, v in routing.items()}
-    return SparseRoutingState(self.dense.init(dense), RowAdamState(zeros(), zeros()))
+  if rows is None:
+    return optax.apply_updates(dict(params), dict(updates))
+  dense = optax.apply_updates({k: p for k, p in params.items() if not is_routing_path(k)},
+                              {k: u for k, u in updates.items() if not is_routing_path(k)})
+  return {**dense, **{k: p.at[rows].add(updates[k].astype(p.dtype), mode="drop")
+                      for k, p in params.items() if is_routing_path(k)}}
 
 
-def split_routing(flat: Mapping[str, jax.Array]) -> tuple[FlatParams, FlatParams]:
-  """{path: x} -> (non-routing part, routing-logit part)."""
-  dense = {k: v for k, v in flat.items() if not is_routing_path(k)}
-  routing = {k: v for k, v in flat.items() if is_routing_path(k)}
-  return dense, routing
+class RowAdamState(NamedTuple):
+  """Adam moments of each routing table, {path: [T, h, s]} float32, and the step count."""
+
+  count: jax.Array
+  mu: Any
+  nu: Any
 
 
-def clip_by_joint_norm(grads: tuple, max_norm: float | None) -> tuple[tuple, jax.Array]:
-  """optax.clip_by_global_norm over a whole tree of gradients; returns (grads, norm)."""
-  norm = optax.tree.norm(grads)
-  if max_norm is None:
-    return grads, norm
-  clip = optax.clip_by_global_norm(max_norm)
-  clipped, _ = clip.update(grads, clip.init(grads))
-  return clipped, norm
+def row_sparse_adamw(learning_rate: Callable[[jax.Array], jax.Array], b1: float = 0.9,
+                     b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0
+                     ) -> optax.GradientTransformationExtraArgs:
+  """AdamW on the rows `rows` of full tables, every other row untouched.
 
-
-def row_adamw(opt: SparseRoutingOptimizer, step: jax.Array, params: FlatParams,
-              moments: RowAdamState, row_grads: FlatParams, rows: jax.Array
-              ) -> tuple[FlatParams, RowAdamState]:
-  """AdamW on the rows `rows` of every routing table, others untouched.
-
-  params/moments: {path: [T, h, s]}; row_grads: {path: [b, h, s]}, the
-  gradient w.r.t. table[rows]; step: the global step (0-based) before this
-  update. Rows equal to T (padding) are dropped.
+  init(params): params are the full tables {path: [T, ...]}.
+  update(row_grads, state, row_params, rows=rows): row_grads and row_params
+  are {path: [b, ...]}, the rows `rows` [b] of each table (from
+  `routing_view`); returns the row updates -lr * (adam + weight_decay * p),
+  to be added with `apply_updates`.
   """
-  # optax's Adam on the gathered rows; its count (incremented before bias
-  # correction) is the global step, so absent rows need no count of their own.
-  adam = optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
-  rows_state = optax.ScaleByAdamState(
-      count=step.astype(jnp.int32),
-      mu={k: gather_rows(moments.mu[k], rows) for k in row_grads},
-      nu={k: gather_rows(moments.nu[k], rows) for k in row_grads})
-  grads = {k: g.astype(jnp.float32) for k, g in row_grads.items()}
-  adam_updates, rows_state = adam.update(grads, rows_state)
-  lr = opt.routing_learning_rate(step)
-  new_params, mu, nu = {}, {}, {}
-  for k, u in adam_updates.items():
-    p = gather_rows(params[k], rows)
-    new_rows = (p - lr * (u + opt.weight_decay * p)).astype(params[k].dtype)
-    new_params[k] = params[k].at[rows].set(new_rows, mode="drop")
-    mu[k] = moments.mu[k].at[rows].set(rows_state.mu[k], mode="drop")
-    nu[k] = moments.nu[k].at[rows].set(rows_state.nu[k], mode="drop")
-  return new_params, RowAdamState(mu, nu)
+  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+  def init(params):
+    zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
+    return RowAdamState(jnp.zeros([], jnp.int32), jax.tree.map(zeros, params),
+                        jax.tree.map(zeros, params))
+
+  def update(row_grads, state, params=None, *, rows=None, **unused_extra_args):
+    if rows is None or params is None:
+      raise ValueError("row_sparse_adamw.update needs the row parameters and rows=; "
+                       "use it through training.step.make_train_step")
+    # optax's Adam on the gathered rows; the count is shared by all rows, so
+    # a row absent for a while is bias-corrected by the global step.
+    rows_state = optax.ScaleByAdamState(
+        count=state.count, mu=jax.tree.map(lambda m: gather_rows(m, rows), state.mu),
+        nu=jax.tree.map(lambda v: gather_rows(v, rows), state.nu))
+    adam_updates, rows_state = adam.update(
+        jax.tree.map(lambda g: g.astype(jnp.float32), row_grads), rows_state)
+    lr = learning_rate(state.count)
+    updates = jax.tree.map(lambda u, p: (-lr * (u + weight_decay * p)).astype(p.dtype),
+                           adam_updates, params)
+    scatter = lambda table, r: table.at[rows].set(r, mode="drop")
+    return updates, RowAdamState(rows_state.count,
+                                 jax.tree.map(scatter, state.mu, rows_state.mu),
+                                 jax.tree.map(scatter, state.nu, rows_state.nu))
+
+  return optax.GradientTransformationExtraArgs(init, update)

@@ -35,6 +35,11 @@ def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dic
   return unflatten({**frozen, **trainable})
 
 
+def saved_params(saved_state: Mapping[str, Any]) -> dict[str, Any]:
+  """The nested parameter tree of a TrainState restored as a plain dict (no target)."""
+  return merge_params(saved_state["trainable"], saved_state["frozen"])
+
+
 @struct.dataclass
 class TrainState:
   """Everything that changes during training (and is checkpointed)."""

@@ -1,4 +1,4 @@
-"""Jitted train and scoring steps (the edges where jit happens)."""
+"""The train step: one for every stage and method."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
+from mhr_jax.partitioning import Partitioner
 from mhr_jax.training import sparse_routing
-from mhr_jax.training.losses import sequence_log_likelihood, weighted_cross_entropy
+from mhr_jax.training.losses import weighted_cross_entropy
+from mhr_jax.training.optimizer import Optimizer
 from mhr_jax.training.state import TrainState, merge_params
 
 Batch = Mapping[str, jax.Array]
@@ -29,127 +30,84 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
                      deterministic=deterministic, single_task=single_task, rngs=rngs)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                    single_task: bool = False,
-                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+def make_train_step(model: nn.Module, optimizer: Optimizer, *, single_task: bool = False,
                     batch_loss: Optional[Callable] = None):
   """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`.
 
-  With a `SparseRoutingOptimizer` the routing logits are updated row-sparsely
-  (see sparse_routing.py); with an optax transformation, densely.
+  The one train step of every stage and method. With
+  `optimizer.sparse_routing` the model runs on the batch's rows of each
+  routing table and the optimizer updates those rows only (sparse_routing.py);
+  otherwise `routing_view` is skipped and every row is updated.
+  metrics: loss (mean token cross-entropy), tokens (weighted target tokens),
+  grad_norm (global norm before clipping), learning_rate.
   `batch_loss(model, params, batch, rng=, single_task=) -> (loss, tokens)`
   replaces the token cross-entropy (e.g. `multiple_choice.MultipleChoiceLoss`).
   """
-  if isinstance(optimizer, sparse_routing.SparseRoutingOptimizer):
-    if batch_loss is not None:
-      raise ValueError("sparse_routing=True trains with the LM loss only; unset batch_loss")
-    return _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn)
+  if optimizer.sparse_routing and batch_loss is not None:
+    raise ValueError("sparse_routing=True trains with the LM loss only; unset batch_loss")
 
-  def loss_fn(trainable, frozen, batch, rng):
+  def loss_fn(view, frozen, batch, rng):
     if batch_loss is not None:
-      return batch_loss(model, merge_params(trainable, frozen), batch, rng=rng,
+      return batch_loss(model, merge_params(view, frozen), batch, rng=rng,
                         single_task=single_task)
-    logits = model_logits(model, merge_params(trainable, frozen), batch, deterministic=False,
+    logits = model_logits(model, merge_params(view, frozen), batch, deterministic=False,
                           single_task=single_task, rng=rng)
     return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                   batch["decoder_loss_weights"])
 
   def step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
+    view, rows = state.trainable, None
+    if optimizer.sparse_routing:
+      view, rows, batch = sparse_routing.routing_view(state.trainable, batch)
     (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.trainable, state.frozen, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
-    if learning_rate_fn is not None:
-      metrics["learning_rate"] = learning_rate_fn(state.step)
+        view, state.frozen, batch, rng)
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state, view, rows=rows)
+    trainable = sparse_routing.apply_updates(state.trainable, updates, rows)
+    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": optimizer.learning_rate(state.step)}
     return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 
   return step
 
 
-def _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn):
-  """The train step of `SparseRoutingOptimizer`: the model sees only the batch's routing rows."""
-
-  def loss_fn(dense, routing_rows, frozen, batch, rng):
-    logits = model_logits(model, merge_params({**dense, **routing_rows}, frozen), batch,
-                          deterministic=False, single_task=single_task, rng=rng)
-    return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
-
-  def step(state: TrainState, batch: Batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-    dense, routing = sparse_routing.split_routing(state.trainable)
-    n_tasks = {v.shape[0] for v in routing.values()}
-    if len(n_tasks) > 1:
-      raise ValueError(f"routing tables disagree on n_tasks: {sorted(n_tasks)}")
-    if routing:
-      rows, local_ids = sparse_routing.batch_rows(batch["task_ids"], n_tasks.pop())
-      batch = {**batch, "task_ids": local_ids}
-    else:
-      rows = jnp.zeros((0,), jnp.int32)
-    routing_rows = {k: sparse_routing.gather_rows(v, rows) for k, v in routing.items()}
-    (loss, tokens), (dense_grads, row_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(dense, routing_rows, state.frozen, batch, rng)
-    (dense_grads, row_grads), grad_norm = sparse_routing.clip_by_joint_norm(
-        (dense_grads, row_grads), optimizer.clip_grad_norm)
-    updates, dense_state = optimizer.dense.update(dense_grads, state.opt_state.dense, dense)
-    dense = optax.apply_updates(dense, updates)
-    routing, moments = sparse_routing.row_adamw(optimizer, state.step, routing,
-                                                state.opt_state.routing, row_grads, rows)
-    opt_state = sparse_routing.SparseRoutingState(dense_state, moments)
-    metrics = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm}
-    if learning_rate_fn is not None:
-      metrics["learning_rate"] = learning_rate_fn(state.step)
-    return state.replace(step=state.step + 1, trainable={**dense, **routing},
-                         opt_state=opt_state), metrics
-
-  return step
-
-
-def jit_train_step(step: Callable[[TrainState, Batch], tuple[TrainState, Any]]
-                   ) -> Callable[[TrainState, Batch], tuple[TrainState, Any]]:
-  """`jax.jit(step)` that donates every buffer of the state except the frozen parameters.
+class JittedTrainStep:
+  """A train step jitted with explicit shardings; donates all of the state but `frozen`.
 
   The step counter, trainable parameters, optimizer state and rng are
   updated in place; the frozen backbone (the bulk of a PEFT model's memory)
   is only read, so callers may keep using it (e.g. the multi-task backbone
-  shared by every held-out task and seed) without copying it first.
+  shared by every held-out task and seed) without copying it first. Inputs
+  and outputs have the shardings of `state_shardings`, so the state comes back
+  in the layout it went in and the second call does not recompile.
+
+  Attributes:
+    jitted: the `jax.jit` object of f((step, trainable, opt_state, rng), frozen, batch);
+      `lower(state, batch)` lowers it from arrays or ShapeDtypeStructs.
   """
 
-  def inner(mutable, frozen, batch):
-    count, trainable, opt_state, rng = mutable
-    new, metrics = step(TrainState(count, trainable, frozen, opt_state, rng), batch)
-    return (new.step, new.trainable, new.opt_state, new.rng), metrics
+  def __init__(self, step: Callable[[TrainState, Batch], tuple[TrainState, Any]],
+               partitioner: Partitioner, state_shardings: TrainState):
 
-  jitted = jax.jit(inner, donate_argnums=(0,))
+    def inner(mutable, frozen, batch):
+      count, trainable, opt_state, rng = mutable
+      new, metrics = step(TrainState(count, trainable, frozen, opt_state, rng), batch)
+      return (new.step, new.trainable, new.opt_state, new.rng), metrics
 
-  def call(state: TrainState, batch: Batch):
-    (count, trainable, opt_state, rng), metrics = jitted(
-        (state.step, state.trainable, state.opt_state, state.rng), state.frozen, batch)
+    mutable = self._split(state_shardings)[0]
+    self.jitted = partitioner.jit(
+        inner, in_shardings=(mutable, state_shardings.frozen, partitioner.batch_sharding()),
+        out_shardings=(mutable, partitioner.replicated()), donate_argnums=(0,))
+
+  @staticmethod
+  def _split(state: TrainState) -> tuple[tuple, Any]:
+    return (state.step, state.trainable, state.opt_state, state.rng), state.frozen
+
+  def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
+    (count, trainable, opt_state, rng), metrics = self.jitted(*self._split(state), batch)
     return state.replace(step=count, trainable=trainable, opt_state=opt_state, rng=rng), metrics
 
-  return call
+  def lower(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
+    """Lowers the step for `state` and `batch` (arrays or ShapeDtypeStructs)."""
+    return self.jitted.lower(*self._split(state), batch)
 
-
-def make_eval_loss_step(model: nn.Module, *, single_task: bool = False):
-  """Returns f(params, batch) -> (summed token NLL, token count) in eval mode."""
-
-  def f(params, batch):
-    logits = model_logits(model, params, batch, deterministic=True, single_task=single_task)
-    loss, tokens = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                          batch["decoder_loss_weights"])
-    return loss * tokens, tokens
-
-  return f
-
-
-def make_score_step(model: nn.Module, *, single_task: bool = False):
-  """Returns f(params, batch) -> [b] sum of target log-likelihoods (rank classification)."""
-
-  def f(params, batch):
-    logits = model_logits(model, params, batch, deterministic=True, single_task=single_task)
-    return sequence_log_likelihood(logits, batch["decoder_target_tokens"],
-                                   batch["decoder_loss_weights"])
-
-  return f

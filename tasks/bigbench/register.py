@@ -22,7 +22,7 @@ from typing import Optional
 
 import seqio
 
-from mhr_jax.evaluation import metrics
+from tasks import metrics
 from tasks import mixtures, registry, sources, splits
 from tasks.bigbench import store
 from tasks.bigbench.fetch import INDEX, default_cache_dir
