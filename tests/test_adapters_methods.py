@@ -20,9 +20,9 @@ from tests.utils import DEC, ENC, random_params, tiny_config
 CONFIG = tiny_config(num_layers=1)
 IDS = np.array([0, 0, 0, 0], np.int32)  # adaptation: the new task is task 0
 # Constant rates and no warmup, so Adam's first update is about the rate itself.
-OPTIMIZER, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, routing_learning_rate=0.5,
-                                              weight_decay=0.1, warmup_fraction=0.0,
-                                              schedule="constant"), total_steps=10)
+OPTIMIZER = make_optimizer(OptimizerConfig(learning_rate=1e-2, routing_learning_rate=0.5,
+                                           weight_decay=0.1, warmup_fraction=0.0,
+                                           schedule="constant"), total_steps=10).tx
 REQUIRED = ("lora", "shared_lora", "poly", "mhr", "mhr_z", "mhr_mu", "poly_mu", "ia3", "full")
 
 
@@ -185,8 +185,9 @@ def test_a_tree_with_nothing_to_train_is_refused():
 def test_adafactor_and_schedules_update_the_trainable_split():
   adapter, params = _adapted("mhr")
   for schedule in ("linear", "cosine", "constant"):
-    tx, lr = make_optimizer(OptimizerConfig(name="adafactor", schedule=schedule,
-                                            warmup_fraction=0.2), total_steps=10)
+    opt = make_optimizer(OptimizerConfig(name="adafactor", schedule=schedule,
+                                         warmup_fraction=0.2), total_steps=10)
+    tx, lr = opt.tx, opt.learning_rate
     assert float(lr(0)) == 0.0 and float(lr(2)) == pytest.approx(1e-3)
     state = TrainState.create(params, methods.trainable_predicate("mhr"), tx,
                               jax.random.PRNGKey(0))

@@ -16,8 +16,9 @@ import tasks
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.routing_overview import group_routing, save_routing_picture
-from mhr_jax.experiment.model_setup import init_params
+from mhr_jax.experiment.model_setup import init_params, param_shardings
 from mhr_jax.models import T5, T5Config
+from mhr_jax.partitioning import Partitioner, make_mesh
 from tasks import bigbench, registry
 
 
@@ -26,8 +27,10 @@ def micro_evaluator():
   config = T5Config(vocab_size=259, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_layers=1,
                     num_decoder_layers=1, dropout_rate=0.0)
   model = T5(config, adapter=AdapterConfig(kind="lora", rank=2, target_modules="qv"))
+  partitioner = Partitioner(make_mesh(devices=jax.devices()[:1]))
   params = init_params(model, jax.random.PRNGKey(0))
-  return Evaluator(model, seqio.ByteVocabulary(), 24, 6, batch_size=4), params
+  return Evaluator(model, seqio.ByteVocabulary(), 24, 6, batch_size=4, partitioner=partitioner,
+                   param_shardings=param_shardings(model, partitioner)), params
 
 
 def test_predictions_saved_and_ties_graded_like_bigbench(micro_evaluator, tmp_path):

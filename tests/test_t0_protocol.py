@@ -217,10 +217,10 @@ def test_adafactor_matches_transformers(scale_parameter):
   opt = Adafactor([{"params": [tp["enc/q/adapter/skill_lora_a"]], "lr": 3e-3},
                    {"params": [tp["enc/q/adapter/router/routing_logits"]], "lr": 0.1}],
                   scale_parameter=scale_parameter, relative_step=False, warmup_init=False)
-  tx, _ = make_optimizer(OptimizerConfig(
+  tx = make_optimizer(OptimizerConfig(
       name="adafactor", learning_rate=3e-3, routing_learning_rate=0.1, warmup_fraction=0.0,
       schedule="constant", clip_grad_norm=None, adafactor_scale_parameter=scale_parameter,
-      adafactor_min_dim_size_to_factor=10**9), 3)
+      adafactor_min_dim_size_to_factor=10**9), 3).tx
   params = {k: jnp.asarray(v) for k, v in init.items()}
   state = tx.init(params)
   for g in grads:
