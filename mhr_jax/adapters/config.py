@@ -15,6 +15,7 @@ import re
 from typing import Optional
 
 KINDS = ("lora", "poly", "ia3")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
 
 _LAYER = r"(encoder|decoder)/layers(_\d+)?"
 _ANY_ATTENTION = r"(attention|self_attention|encoder_decoder_attention)"
@@ -73,6 +74,11 @@ class AdapterConfig:
     dropout: dropout on the LoRA input x (lora and poly), training only.
     ia3_feedforward: regex (re.fullmatch) of the (IA)^3 targets that scale
       their input instead of their output (PEFT's `feedforward_modules`).
+    param_dtype: dtype of every adapter parameter (skills, routing logits,
+      LoRA, (IA)^3), independent of the backbone's `T5Config.param_dtype`:
+      the adapters are what trains, so they stay float32 (their Adam updates
+      are ~1e-3 relative, below bf16's resolution) while a frozen backbone
+      may be stored in bfloat16.
   """
 
   kind: str = "poly"
@@ -87,6 +93,7 @@ class AdapterConfig:
   straight_through: bool = False
   dropout: float = 0.0
   ia3_feedforward: str = r".*/mlp/wo"
+  param_dtype: str = "float32"
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -110,6 +117,9 @@ class AdapterConfig:
       _check_regex("target_modules", self.target_modules,
                    f"; use a regex or a preset: {sorted(TARGET_PRESETS)}")
     _check_regex("ia3_feedforward", self.ia3_feedforward)
+    if self.param_dtype not in PARAM_DTYPES:
+      raise ValueError(f"param_dtype={self.param_dtype!r} is not supported; valid choices: "
+                       f"{list(PARAM_DTYPES)}")
 
   @property
   def scale(self) -> float:

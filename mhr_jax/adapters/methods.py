@@ -243,7 +243,7 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
     if leaf != "kernel" or not config.targets(module):
       continue
     lead, (d_in, d_out) = kernel.shape[:-2], kernel.shape[-2:]
-    dtype = kernel.dtype
+    dtype = jnp.dtype(config.param_dtype)  # the adapter's, not the (frozen) kernel's
     if config.kind == "lora":
       out[f"{module}/adapter/lora_a"] = _kaiming_uniform(
           jax.random.fold_in(rng, i), lead + (d_in, config.rank), d_in, dtype)
@@ -296,7 +296,8 @@ def mu_params(multitask_params, config: AdapterConfig, average: str = "uniform"
     out[prefix + "lora_b"] = b.astype(skill_b.dtype)
   lora = AdapterConfig(kind="lora", rank=config.rank, scaling=config.scale,
                        target_modules=config.target_modules, dropout=config.dropout,
-                       ia3_feedforward=config.ia3_feedforward)
+                       ia3_feedforward=config.ia3_feedforward,
+                       param_dtype=config.param_dtype)
   return lora, _nested(out)
 
 
@@ -381,9 +382,11 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
   if base_config is not None and base_config.kind == m.adapt_kind:
     config = base_config
   elif m.adapt_kind == "ia3":
-    config = AdapterConfig(kind="ia3", target_modules="ia3")
+    src = base_config or adapter_config or AdapterConfig()
+    config = AdapterConfig(kind="ia3", target_modules="ia3", param_dtype=src.param_dtype)
   else:
     src = base_config or adapter_config or AdapterConfig()
     config = AdapterConfig(kind="lora", rank=src.rank, scaling=src.scale,
-                           target_modules=src.target_modules, dropout=src.dropout)
+                           target_modules=src.target_modules, dropout=src.dropout,
+                           param_dtype=src.param_dtype)
   return config, add_fresh_adapters(backbone, config, rng)

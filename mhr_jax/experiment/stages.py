@@ -37,7 +37,7 @@ gin.external_configurable(T5Config, module="mhr_jax")
 gin.external_configurable(AdapterConfig, module="mhr_jax")
 gin.external_configurable(OptimizerConfig, module="mhr_jax")
 
-STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline")
+STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline", "compile")
 
 
 class StageError(ValueError):
@@ -48,9 +48,14 @@ _NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat", "dropout_rate")
 @gin.configurable(module="mhr_jax")
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Device mesh: `data` x `model` (-1 = all remaining devices)."""
+  """Device mesh: `data` x `model` (-1 = all remaining devices).
+
+  `topology` names the TPU slice ('v5e:2x4') the `compile` stage compiles for
+  (experiment/compile.py); the training stages use the devices they find.
+  """
   data: int = -1
   model: int = 1
+  topology: Optional[str] = None
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
