@@ -7,7 +7,8 @@
 A case is `size:topology:data x model`, size 3b | 11b (configs/experiments/
 t0_3b.gin, with `compile_steps.model_size` t0_3b / t0pp_11b); append
 `:f32` to store the frozen backbone in float32 (before the bf16 fix), `:noflops`
-to skip the FLOPs extrapolation (two extra compiles a step). Each case is a
+to skip the FLOPs extrapolation (one extra compile a step), `:all` to add the
+decode step to multitask_train, adapt_train and score. Each case is a
 separate `nice run.py` process (the compile of a 3B step takes minutes and
 several GB); finished cases are kept in the JSON, so the script resumes.
 """
@@ -42,6 +43,8 @@ def run_case(case: str, out_root: str) -> dict:
           f"--gin.MeshConfig.data={data}", f"--gin.MeshConfig.model={model}",
           f"--gin.compile_steps.model_size={SIZES[size]}",
           "--gin.compile_steps.fail_if_too_big=False"]
+  if "all" not in flags:  # the decode step too with ':all'
+    args.append("--gin.compile_steps.steps=['multitask_train','adapt_train','score']")
   if "f32" in flags:
     args.append("--gin.mhr_jax.T5Config.param_dtype=float32")
   if "noflops" in flags:

@@ -38,3 +38,12 @@ def chip_of_topology(topology: str) -> Chip:
     raise ValueError(f"topology {topology!r}: unknown chip {kind!r}; valid choices: "
                      f"{sorted(CHIPS)}")
   return CHIPS[kind]
+
+
+def chip_of_device(device) -> Chip:
+  """The chip of a real device (`jax.devices()[0]`), by its `device_kind`."""
+  for chip in CHIPS.values():
+    if chip.device_kind == device.device_kind:
+      return chip
+  raise ValueError(f"device kind {device.device_kind!r} is not in the chip table; known: "
+                   f"{sorted(c.device_kind for c in CHIPS.values())} (experiment/chips.py)")

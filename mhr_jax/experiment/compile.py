@@ -22,9 +22,8 @@ the next step recompile).
 
 FLOPs: XLA's `cost_analysis` counts a loop body once, so a scanned layer
 stack counts as one layer. When `scan_layers` is on, the same step is also
-compiled unscanned with 1 and 2 layers (encoder and decoder separately when
-their depths differ) and the per-layer FLOPs extrapolated linearly to the
-real depth. The decode step's token loop is counted once (one token).
+compiled unscanned with 2 encoder and 2 decoder layers; the difference is
+one layer of each, extrapolated linearly to the real depth. The decode step's token loop is counted once (one token).
 
 Settings come from the gin bindings of the stages themselves
 (`train_multitask.*`, `adapt_heldout.*`, `MeshConfig.*`), so compiling
@@ -301,12 +300,18 @@ def compile_one(built: BuiltStep, mesh) -> dict:
   }
 
 
-def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh) -> float:
-  """FLOPs per chip of the unscanned step, extrapolated from 1- and 2-layer compiles."""
+def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh,
+           scanned_flops: float) -> float:
+  """FLOPs per chip with every scanned layer counted, from one extra unscanned compile.
 
-  def flops(enc: int, dec: int) -> float:
-    shallow = config.replace(scan_layers=False, remat=False, num_layers=enc,
-                             num_decoder_layers=dec)
+  The scanned step counts `rest + enc_layer + dec_layer` (each loop body
+  once); the same step unscanned with 2 encoder and 2 decoder layers counts
+  `rest + 2 enc_layer + 2 dec_layer`. Their difference is one layer of each,
+  extrapolated to the real depths (3 compiles in all when the depths differ).
+  """
+
+  def unscanned(enc: int, dec: int) -> float:
+    shallow = config.replace(scan_layers=False, num_layers=enc, num_decoder_layers=dec)
     built = built_fn(shallow)
     with partitioning.sharding_context(mesh, partitioning.DEFAULT_RULES):
       compiled = built.jitted.lower(*built.args).compile()
@@ -314,11 +319,12 @@ def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh) ->
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
-  base = flops(1, 1)
   n_enc, n_dec = config.num_layers, config.num_decoder_layers
   if n_enc == n_dec:
-    return base + (n_enc - 1) * (flops(2, 2) - base)
-  return (base + (n_enc - 1) * (flops(2, 1) - base) + (n_dec - 1) * (flops(1, 2) - base))
+    return scanned_flops + (n_enc - 1) * (unscanned(2, 2) - scanned_flops)
+  enc_layer = unscanned(2, 1) - scanned_flops
+  dec_layer = unscanned(1, 2) - scanned_flops
+  return scanned_flops + (n_enc - 1) * enc_layer + (n_dec - 1) * dec_layer
 
 
 # --- Settings from the stages' gin bindings -------------------------------------------
@@ -371,7 +377,8 @@ def _mesh_for(stage: dict, topology: Optional[str]):
     raise stages.StageError("compile needs a TPU topology: set MeshConfig.topology (or "
                             f"compile_steps.topology), e.g. 'v5e:2x4'; valid chips: "
                             f"{sorted(chips.CHIPS)}")
-  devices = abstract_devices(topology)
+  # 'local': this host's own devices (e.g. GPUs), compiled for as they are.
+  devices = jax.devices() if topology == "local" else abstract_devices(topology)
   try:
     mesh = partitioning.make_mesh(mesh_config.data, mesh_config.model, devices=devices)
   except ValueError as e:
@@ -391,13 +398,14 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
 
   Args:
     output_dir: the report goes to `output_dir/compile/`.
-    topology: a TPU slice ('v5e:2x4'); default `MeshConfig.topology`.
+    topology: a TPU slice ('v5e:2x4'), or 'local' for this host's own devices
+      (a GPU host); default `MeshConfig.topology`.
     model_size: a `presets.SIZE_PRESETS` name or a config.json path; default:
       `train_multitask.hf_checkpoint`'s config.json, else `train_multitask.model_config`.
     n_tasks: routing rows of the multi-task stage; default: counted from the
       mixture (needs its data).
     steps: a subset of `STEPS`.
-    correct_flops: extrapolate scanned layers' FLOPs (two extra small compiles a step).
+    correct_flops: count every scanned layer's FLOPs (one extra, shallow compile a step).
     fail_if_too_big: raise (one line) when a step does not fit the chip.
   Returns:
     The report: {'topology', 'mesh', 'chip', 'steps': {name: {...}}}.
@@ -408,7 +416,11 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
   mt = stage_settings(stages.train_multitask)
   ad = stage_settings(stages.adapt_heldout)
   topology, mesh = _mesh_for(mt, topology)
-  chip = chips.chip_of_topology(topology)
+  try:
+    chip = (chips.chip_of_device(mesh.devices.flat[0]) if topology == "local"
+            else chips.chip_of_topology(topology))
+  except ValueError as e:
+    raise stages.StageError(str(e)) from None
   config = resolve_model_config(model_size, mt)
   tasks = _n_tasks(n_tasks, mt["mixture"])
   mt_adapter = methods.multitask_adapter_config(mt["method"], mt.get("adapter_config")
@@ -449,7 +461,7 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
       result["fits"] = result["total_bytes"] <= chip.hbm_bytes
       flops = result["flops_per_chip_raw"]
       if correct_flops and config.scan_layers:
-        flops = _flops(builders[name], config, mesh)
+        flops = _flops(builders[name], config, mesh, flops)
       result["flops_per_chip"] = flops
       result["step_seconds_at_peak"] = flops / chip.peak_bf16_flops
     report["steps"][name] = result
