@@ -3,6 +3,7 @@
 
   python scripts/scaling_table.py run  results/scaling.json 3b:v5e:2x4:2x4 11b:v5e:4x4:4x4
   python scripts/scaling_table.py table results/scaling.json > table.md
+  python scripts/scaling_table.py resident results/resident.json 3b:v5e:2x4:8x1:f32 ...
 
 A case is `size:topology:data x model`, size 3b | 11b (configs/experiments/
 t0_3b.gin, with `compile_steps.model_size` t0_3b / t0pp_11b); append
@@ -11,6 +12,8 @@ to skip the FLOPs extrapolation (one extra compile a step), `:all` to add the
 decode step to multitask_train, adapt_train and score. Each case is a
 separate `nice run.py` process (the compile of a 3B step takes minutes and
 several GB); finished cases are kept in the JSON, so the script resumes.
+`resident` computes, without compiling, the per-chip bytes of the train steps'
+arguments (parameters, optimizer state, batch) from their shardings.
 """
 
 from __future__ import annotations
@@ -109,11 +112,60 @@ def cmd_table(path: str) -> None:
             f"{s['compile_seconds']} |")
 
 
+def cmd_resident(path: str, cases: list[str]) -> None:
+  """Per-chip bytes of the train steps' arguments (state + batch) from the shardings alone."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, ROOT)
+  import gin  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import compile as compile_stage, pipeline, stages  # pylint: disable=g-import-not-at-top,unused-import
+  from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
+  from mhr_jax.models import T5  # pylint: disable=g-import-not-at-top
+  out = {}
+  for case in cases:
+    size, chip, shape, mesh, *flags = case.split(":")
+    data, model = mesh.split("x")
+    gin.clear_config()
+    gin_cli.parse([os.path.join(ROOT, "configs/experiments/t0_3b.gin")], [
+        f"mhr_jax.MeshConfig.topology = '{chip}:{shape}'", f"mhr_jax.MeshConfig.data = {data}",
+        f"mhr_jax.MeshConfig.model = {model}", f"compile_steps.model_size = '{SIZES[size]}'"]
+        + (["mhr_jax.T5Config.param_dtype = 'float32'"] if "f32" in flags else []),
+        [os.path.join(ROOT, "configs"), ROOT])
+    mt = compile_stage.stage_settings(stages.train_multitask)
+    ad = compile_stage.stage_settings(stages.adapt_heldout)
+    _, mesh_ = compile_stage._mesh_for(mt, None)  # pylint: disable=protected-access
+    config = compile_stage.resolve_model_config(SIZES[size], mt)
+    mt_adapter = methods.multitask_adapter_config(mt["method"], mt["adapter_config"],
+                                                  n_tasks=gin.query_parameter("compile_steps.n_tasks"))
+    ad_adapter = compile_stage._adapt_adapter(ad["method"], mt_adapter, config, None)  # pylint: disable=protected-access
+    out[case] = {}
+    for name, stage, cfg, adapter in (("multitask_train", mt, "multitask", mt_adapter),
+                                      ("adapt_train", ad, "adapt", ad_adapter)):
+      built = compile_stage.build_train_step(
+          T5(config, adapter=adapter), stage["method"], cfg, stage["optimizer"], stage["steps"],
+          False, stage["data"].batch_size, stage["data"].input_length,
+          stage["data"].target_length, mesh_, single_task=cfg == "adapt")
+      args = jax.tree.leaves(built.args)
+      out[case][name] = {
+          "state_and_batch_bytes_per_chip": sum(
+              int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+              for a in args),
+          **compile_stage._param_bytes(built.params_abstract, built.params_shardings)}  # pylint: disable=protected-access
+    print(case, {k: round(v["state_and_batch_bytes_per_chip"] / GiB, 2)
+                 for k, v in out[case].items()}, flush=True)
+  with open(path, "w") as f:
+    json.dump(out, f, indent=1)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) < 3 or sys.argv[1] not in ("run", "table"):
+  if len(sys.argv) < 3 or sys.argv[1] not in ("run", "table", "resident"):
     print(__doc__, file=sys.stderr)
     sys.exit(2)
   if sys.argv[1] == "run":
     cmd_run(sys.argv[2], sys.argv[3:])
+  elif sys.argv[1] == "resident":
+    cmd_resident(sys.argv[2], sys.argv[3:])
   else:
     cmd_table(sys.argv[2])
