@@ -144,7 +144,6 @@ class BuiltStep:
   params_abstract: Any      # unboxed abstract parameters (for the byte counts)
   params_shardings: Any
   state_in: Any = None      # (for train steps) the state shardings given to jit
-  state_out_index: Any = None
 
 
 def _init_fn(model: T5):
