@@ -34,9 +34,10 @@ CHIPS = {
 def chip_of_topology(topology: str) -> Chip:
   """The chip of a topology name such as 'v5e:2x4' or 'v4:2x2x1'."""
   kind = topology.split(":", 1)[0].lower()
-  if kind not in CHIPS:
-    raise ValueError(f"topology {topology!r}: unknown chip {kind!r}; valid choices: "
-                     f"{sorted(CHIPS)}")
+  tpus = sorted(k for k in CHIPS if k.startswith("v"))
+  if kind not in tpus:
+    raise ValueError(f"topology {topology!r}: unknown TPU {kind!r}; valid choices: {tpus} "
+                     "(e.g. 'v5e:2x4', 'v4:2x2x1')")
   return CHIPS[kind]
 
 

@@ -86,7 +86,10 @@ def abstract_devices(topology: str) -> list:
   v4 and v5p chips are one device each (megacore), as on a real slice.
   """
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  chips.chip_of_topology(topology)  # a clear error for an unknown chip
+  try:
+    chips.chip_of_topology(topology)  # a clear error for an unknown chip
+  except ValueError as e:
+    raise stages.StageError(str(e)) from None
   # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for real
   # chips; compiling for abstract devices is safe in several processes at once.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
