@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """mhr_jax entry point (t5x style).
 
-  python run.py                                  # embedded default: synthetic MHR pipeline
-  python run.py --gin_file=configs/mhr.gin --gin.run.stage=multitask
+  python run.py                                  # configs/default.gin: synthetic MHR pipeline
+  python run.py --gin_file=configs/experiments/synthetic.gin \\
+      --gin_file=configs/methods/mhr.gin --gin.run.stage=multitask
   python run.py --gin_file=configs/experiments/synthetic.gin \\
       --gin_file=configs/methods/poly.gin --gin.run.output_dir=/tmp/poly
   python run.py --list_tasks
+  python run.py --gin_file=configs/experiments/t0_3b.gin --print_config   # and exit
 
-Stages: multitask (pre-train skills + routing on a mixture), adapt (few-shot
-adaptation to each held-out task x seed from a multi-task checkpoint), eval
-(restore a checkpoint and evaluate), pipeline (multitask -> adapt methods ->
-results table), compile (every jitted step compiled ahead of time for a TPU
-topology, e.g. --gin.MeshConfig.topology=v5e:2x4; no weights, no data).
+Stages (--gin.run.stage=...): multitask (pre-train skills + routing on a
+mixture), adapt (few-shot adaptation to each held-out task x seed from a
+multi-task checkpoint), zero_shot (μ-average a Poly/MHR checkpoint into one
+LoRA, train it briefly on the multi-task mixture, evaluate on the held-out
+tasks), eval (restore a checkpoint and evaluate), pipeline (multitask ->
+adapt methods -> zero-shot methods -> results table), compile (every jitted
+step compiled ahead of time for a TPU topology, e.g.
+--gin.MeshConfig.topology=v5e:2x4; no weights, no data).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ def main(argv: list[str]) -> int:
     import tasks  # pylint: disable=g-import-not-at-top
     print(tasks.list_tasks())
     return 0
+  print_config = "--print_config" in rest
+  rest = [a for a in rest if a != "--print_config"]
   if rest:
     print(f"run.py: unknown arguments {rest}; valid: --gin_file=F, --gin_search_path=D, "
-          "--gin.NAME=VALUE, --list_tasks, --help", file=sys.stderr)
+          "--gin.NAME=VALUE, --print_config, --list_tasks, --help", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       datefmt="%H:%M:%S")
@@ -51,6 +58,9 @@ def main(argv: list[str]) -> int:
   try:
     gin_cli.parse(files or [DEFAULT_GIN], bindings,
                   search_paths=[os.path.join(_ROOT, "configs"), _ROOT])
+    if print_config:  # the configuration after every file and override; nothing runs
+      print(gin_cli.config_text())
+      return 0
     pipeline.run()
   except (gin_cli.GinConfigError, pipeline.StageError, FileNotFoundError) as e:
     print(f"run.py: error: {gin_cli.first_line(e)}", file=sys.stderr)

@@ -85,6 +85,15 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
     root.setLevel(level)
 
 
+def config_text() -> str:
+  """The gin configuration in force: every binding after all files and overrides.
+
+  (`gin.config_str()`: what `run.py --print_config` prints and every run
+  writes to output_dir/config.gin.)
+  """
+  return gin.config_str()
+
+
 def first_line(error: BaseException) -> str:
   """The error's own message, without the 'In call to configurable' lines gin appends."""
   text = str(error).strip()

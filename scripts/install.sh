@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -r requirements.txt -r requirements-test.txt
+.venv/bin/python -m pip install -q --no-deps --ignore-requires-python -r requirements-nodeps.txt
 .venv/bin/python -m pip install -q --no-deps -e .

@@ -30,17 +30,40 @@ def _rng(task: str, seed: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), salt])
 
 
+SAMPLINGS = ("balanced", "uniform", "shuffle")
+
+
+def shuffle_indices(n: int, k: int, seed: int) -> list[int]:
+  """microsoft/mttl's (and T-Few's) few-shot draw: `np.random.seed(seed)`, shuffle, first k.
+
+  (dataloader/t0_dataset_readers.py `_sample_few_shot_data`.) The same
+  examples as mttl's when the records are in the HF `datasets` order.
+  """
+  order = np.arange(n)
+  np.random.RandomState(seed).shuffle(order)
+  return order[:k].tolist()
+
+
 def select_fewshot(records: Sequence[Mapping], k: int, seed: int, *, task: str = "",
-                   balanced: bool = False) -> list[int]:
+                   balanced: bool = False, sampling: Optional[str] = None) -> list[int]:
   """Indices of k records drawn without replacement by seed.
 
-  balanced: draw round-robin over labels (each label's examples in a seeded
-  random order), so classes differ in count by at most one where possible.
+  sampling: 'balanced' (round-robin over labels, each label's examples in a
+  seeded random order, so classes differ in count by at most one where
+  possible), 'uniform' (a seeded random subset, salted by the task name), or
+  'shuffle' (mttl's plain seeded shuffle, `shuffle_indices`; in that order).
+  None: 'balanced' if `balanced` else 'uniform'.
   """
   n = len(records)
   if not 0 < k <= n:
     raise ValueError(f"cannot draw k={k} examples from {task or 'a task'} with {n} training "
                      f"examples")
+  sampling = sampling or ("balanced" if balanced else "uniform")
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"sampling={sampling!r} is not supported; valid choices: {list(SAMPLINGS)}")
+  if sampling == "shuffle":
+    return shuffle_indices(n, k, seed)
+  balanced = sampling == "balanced"
   rng = _rng(task, seed)
   if not balanced:
     return sorted(rng.permutation(n)[:k].tolist())
@@ -60,10 +83,13 @@ def select_fewshot(records: Sequence[Mapping], k: int, seed: int, *, task: str =
 
 
 def register_fewshot_task(task: str, k: int, seed: int, *, balanced: bool = False,
-                          vocabulary=None) -> str:
-  """Registers `<task>_k<k>_s<seed>` (idempotent) and returns its name."""
+                          vocabulary=None, sampling: Optional[str] = None) -> str:
+  """Registers `<task>_k<k>_s<seed>` (idempotent) and returns its name.
+
+  sampling='shuffle' (mttl's draw) registers `<task>_k<k>_s<seed>_shuffle`.
+  """
   parent = registry.task_spec(task)
-  name = fewshot_task_name(task, k, seed)
+  name = fewshot_task_name(task, k, seed) + ("_shuffle" if sampling == "shuffle" else "")
   if registry.is_task(name) and registry.task_spec(name).parent == task:
     return name
 
@@ -71,7 +97,7 @@ def register_fewshot_task(task: str, k: int, seed: int, *, balanced: bool = Fals
     records = registry.formatted_records(task, split)
     if split == "train":
       records = [records[i] for i in select_fewshot(records, k, seed, task=task,
-                                                    balanced=balanced)]
+                                                    balanced=balanced, sampling=sampling)]
     return records
 
   splits = [s for s in ("train", "validation", "test") if s in parent.source.splits]
@@ -84,11 +110,13 @@ def register_fewshot_task(task: str, k: int, seed: int, *, balanced: bool = Fals
   return name
 
 
-def fewshot_task(task: str, k: int, seed: int, balanced: Optional[bool] = None) -> str:
+def fewshot_task(task: str, k: int, seed: int, balanced: Optional[bool] = None,
+                 sampling: Optional[str] = None) -> str:
   """Name of the few-shot task, registering it on first use.
 
-  balanced defaults to True for multiple-choice tasks.
+  balanced defaults to True for multiple-choice tasks; sampling (see
+  `select_fewshot`) overrides it.
   """
   if balanced is None:
     balanced = registry.task_spec(task).kind == sources.MULTIPLE_CHOICE
-  return register_fewshot_task(task, k, seed, balanced=balanced)
+  return register_fewshot_task(task, k, seed, balanced=balanced, sampling=sampling)

@@ -14,12 +14,17 @@ ignored. Only the directories of T0's 38 training dataset(-subset)s
 (`T0_TRAIN_DATASETS`) are read; `*_score_eval` variants, T0+/T0++ additions
 and the held-out evaluation datasets are skipped.
 
-Tasks: one per dataset (`granularity='dataset'`, the default: all its prompts
-feed one task, so the routing learns one row per dataset) or one per prompt
-(`granularity='prompt'`). Names: `p3_<dataset>` / `p3_<prompt directory>`.
-Mixture `p3_train`: examples-proportional, each task capped at `cap`
-examples (T0 used 500,000), counted from `stats.train.json` where present,
-else by reading the files on first use.
+Tasks: one per prompt (`granularity='prompt'`, the default: one routing row
+per (dataset, subset, template), as microsoft/mttl's `use_t0_templates_as_tasks`
+that the paper's T0 runs set, 313 tasks there) or one per dataset
+(`granularity='dataset'`: all its prompts feed one task and one routing row).
+Names: `p3_<prompt directory>` / `p3_<dataset>`. Prompts mttl leaves out
+(`BLACKLIST`, its TASK_BLACKLIST entries among T0's training prompts) are skipped.
+Mixture `p3_train`: examples-proportional, counted from `stats.train.json`
+where present, else by reading the files on first use; capped as T0 / mttl
+cap them: a dataset's examples at `cap` (500,000), i.e. each of its T
+prompts at cap // T (mttl t0_dataset_readers.py `MAX_EXAMPLES_PER_DATASET //
+num_templates`); with `granularity='dataset'`, each dataset task at `cap`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from tasks import mixtures, preprocessors, registry, sources
 
 FAMILY = "p3"
 TRAIN_MIXTURE = "p3_train"
-GRANULARITIES = ("dataset", "prompt")
+GRANULARITIES = ("prompt", "dataset")
+# mttl's TASK_BLACKLIST (dataloader/t0_dataset_readers.py) entries that are T0
+# training prompts ("Tasks with broken cached files"); the others are not T0 training sets.
+BLACKLIST = ("gigaword_summarize_",)
 
 # T0's training datasets (Sanh et al. 2022, Fig. 2) as P3 names their directories.
 T0_TRAIN_DATASETS = (
@@ -80,6 +88,8 @@ def scan(data_dir: str) -> dict[str, list[str]]:
   found: dict[str, list[str]] = {}
   for name in sorted(os.listdir(root)):
     dataset = dataset_of(name)
+    if name in BLACKLIST:
+      continue
     if dataset and glob.glob(os.path.join(root, name, "train.tfrecord-*")):
       found.setdefault(dataset, []).append(os.path.join(root, name))
   return found
@@ -115,7 +125,7 @@ def task_name(unit: str) -> str:
 
 
 def register_p3(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Vocabulary] = None,
-                granularity: str = "dataset", cap: Optional[int] = 500_000) -> registry.Family:
+                granularity: str = "prompt", cap: Optional[int] = 500_000) -> registry.Family:
   """Registers the P3 training tasks found under `data_dir` and the `p3_train` mixture."""
   if granularity not in GRANULARITIES:
     raise ValueError(f"granularity={granularity!r} is not supported; valid choices: "
@@ -129,10 +139,13 @@ def register_p3(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Vocab
         "pass data_dir or set $MHR_JAX_P3_DIR")
   if granularity == "dataset":
     units = {dataset: tuple(dirs) for dataset, dirs in found.items()}
+    unit_caps = {dataset: cap for dataset in found}
   else:
     units = {os.path.basename(d): (d,) for dirs in found.values() for d in dirs}
+    unit_caps = {os.path.basename(d): (None if cap is None else cap // len(dirs))
+                 for dirs in found.values() for d in dirs}
   registry.remove_family(FAMILY)
-  names, counts = [], {}
+  names, counts, caps = [], {}, {}
   for task_id, (unit, dirs) in enumerate(sorted(units.items())):
     split_files = {s: _patterns(list(dirs), s) for s in _SPLITS}
     name = task_name(unit)
@@ -145,9 +158,10 @@ def register_p3(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Vocab
         vocabulary=vocabulary)
     names.append(name)
     counts[name] = functools.partial(count_examples, dirs)
+    caps[name] = unit_caps[unit]
   fam = registry.Family(FAMILY, names, [], TRAIN_MIXTURE,
                         sequence_length={"inputs": 256, "targets": 64})
   registry.set_family(fam)
-  rate = mixtures.lazy_rate(lambda name: counts[name](), cap=cap)
-  registry.add_mixture(TRAIN_MIXTURE, FAMILY, [(n, rate) for n in names])
+  registry.add_mixture(TRAIN_MIXTURE, FAMILY, [
+      (n, mixtures.lazy_rate(lambda name: counts[name](), cap=caps[n])) for n in names])
   return fam

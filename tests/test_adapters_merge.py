@@ -10,7 +10,7 @@ import pytest
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.merge import merge_adapters
 from mhr_jax.models import T5
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 IDS = np.array([2, 0, 1, 2], np.int32)
 
@@ -24,7 +24,8 @@ def _logits(config, adapter, params, ids=IDS):
     (AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=3, n_heads=2,
                    target_modules="all_linear"), False),
     (AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=3, n_heads=4, scaling=0.3,
-                   target_modules="qv", shared_routing=True, straight_through=True), True),
+                   target_modules="qv", shared_routing=True, straight_through=True,
+                   relaxed_bernoulli=False), True),
     (AdapterConfig(kind="lora", rank=3, target_modules="all_linear"), False),
     (AdapterConfig(kind="ia3", target_modules="ia3"), False),
 ], ids=["mhr", "mhr_shared_scan_st", "lora", "ia3"])

@@ -24,7 +24,7 @@ def test_aggregate_means_and_seed_std(tmp_path):
   records = [{"task": "a", "seed": 0, "em": 10.0}, {"task": "a", "seed": 1, "em": 30.0},
              {"task": "b", "seed": 0, "em": 50.0}, {"task": "b", "seed": 1, "em": 70.0}]
   s = aggregate(records)
-  assert s["a"]["em"] == {"mean": 20.0, "std": 10.0, "n": 2}
+  assert s["a"]["em"] == {"mean": 20.0, "std": 10.0, "median": 20.0, "n": 2}
   assert s["average"]["em"]["mean"] == 40.0
   # Seed 0 averages 30, seed 1 averages 50: std over seeds of the task average.
   assert s["average"]["em"]["std"] == 10.0
@@ -62,10 +62,14 @@ def test_choice_scores_regroup_per_example_and_accuracy():
   examples = [{"inputs": "x", "choices": ["a", "bb", "c"], "label": 1, "task_id": 0},
               {"inputs": "y", "choices": ["dd", "e"], "label": 0, "task_id": 0}]
 
-  def score_fn(batch):  # score = number of target tokens, so longer choices win
-    return batch["decoder_loss_weights"].sum(-1).astype(np.float32)
+  calls = []
 
-  scores = choice_scores(score_fn, _Vocab(), examples, 4, 4, batch_size=2)
+  def score_fn(batch):  # score = number of target tokens, so longer choices win
+    calls.append(batch["choice_tokens"].shape)
+    return (batch["choice_tokens"] > 0).sum(-1).astype(np.float32)
+
+  scores = choice_scores(score_fn, _Vocab(), examples, 4, 4, batch_size=3)
+  assert calls == [(1, 3, 4), (1, 3, 4)]  # one example (all its choices) per call
   np.testing.assert_array_equal(scores[0], [2, 3, 2])
   np.testing.assert_array_equal(scores[1], [3, 2])
   assert rank_classification_accuracy(scores, [1, 0]) == 100.0

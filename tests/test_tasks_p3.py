@@ -34,7 +34,7 @@ def test_directories_map_to_t0_training_datasets():
 
 
 def test_dataset_tasks_read_every_prompt_and_the_mixture_counts_examples(p3_dir):
-  fam = p3.register_p3(p3_dir)
+  fam = p3.register_p3(p3_dir, granularity="dataset")
   assert fam.train_tasks == ["p3_adversarial_qa_dbert", "p3_adversarial_qa_dbidaf",
                              "p3_ag_news", "p3_dream"]
   assert tasks.task_id_table(p3.TRAIN_MIXTURE) == {n: i for i, n in enumerate(fam.train_tasks)}
@@ -60,15 +60,21 @@ def test_dataset_tasks_read_every_prompt_and_the_mixture_counts_examples(p3_dir)
     assert text.startswith(unit) and "question" in text  # each row keeps its own task id
 
 
-def test_prompt_granularity_and_cap(p3_dir):
-  fam = p3.register_p3(p3_dir, granularity="prompt", cap=4)
+def test_prompt_granularity_is_the_default_and_caps_each_dataset(p3_dir):
+  fam = p3.register_p3(p3_dir, cap=4)
   assert fam.train_tasks == ["p3_" + d for d in sorted(P3_DIRS) if p3.dataset_of(d)]
   mixture = seqio.get_mixture_or_task(p3.TRAIN_MIXTURE)
-  assert {mixture.get_rate(t) for t in mixture.tasks} == {3.0, 4.0}  # 5, 6, 7 capped at 4
+  # As mttl: each of a dataset's T prompts is capped at cap // T (ag_news: 2 prompts
+  # of 6 and 4 examples -> 2 each); single-prompt datasets at cap (5, 3, 7 -> 4, 3, 4).
+  assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
+      "p3_adversarial_qa_dbert_answer_the_following_q": 4.0,
+      "p3_adversarial_qa_dbidaf_answer_the_following_q": 3.0,
+      "p3_ag_news_classify": 2.0, "p3_ag_news_which_section": 2.0,
+      "p3_dream_answer_to_dialogue": 4.0}
 
 
 def test_errors_name_the_bad_value(tmp_path):
-  with pytest.raises(ValueError, match=r"granularity='task'.*\['dataset', 'prompt'\]"):
+  with pytest.raises(ValueError, match=r"granularity='task'.*\['prompt', 'dataset'\]"):
     p3.register_p3(str(tmp_path), granularity="task")
   with pytest.raises(FileNotFoundError, match="no P3 training data.*MHR_JAX_P3_DIR"):
     p3.register_p3(str(tmp_path / "missing"))

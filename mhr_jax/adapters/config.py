@@ -16,6 +16,13 @@ from typing import Optional
 
 KINDS = ("lora", "poly", "ia3")
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
+# LoRA A initialisations (B always starts at zero):
+#   'peft': PEFT's (torch nn.Linear's kaiming_uniform(a=√5)): U(±1/√fan_in), fan_in
+#           the input width of one head block (in/h);
+#   'mttl': microsoft/mttl's (models/adapters.py, LoRA.reset_parameters):
+#           U(±gain/√in) with gain = √(2/(1+5)) = 1/√3 and the FULL input width
+#           `in` even for MHR heads -- √(3h) times smaller than 'peft'.
+LORA_INITS = ("peft", "mttl")
 
 _LAYER = r"(encoder|decoder)/layers(_\d+)?"
 _ANY_ATTENTION = r"(attention|self_attention|encoder_decoder_attention)"
@@ -35,6 +42,9 @@ TARGET_PRESETS = {
     "all_linear": rf"{_LAYER}/({_ANY_ATTENTION}/(query|key|value|out)|mlp/(wi|wi_0|wi_1|wo))",
     # PEFT's (IA)^3 default for T5: k, v of every attention and the FFN output.
     "ia3": rf"{_LAYER}/({_ANY_ATTENTION}/(key|value)|mlp/wo)",
+  # microsoft/mttl's T0 (IA)^3 (projects/mhr/configs/t0/ia3.json: k|v|wi_1.*): k, v of
+  # every attention and the gated FFN's linear branch wi_1, each output scaled.
+  "ia3_mttl": rf"{_LAYER}/({_ANY_ATTENTION}/(key|value)|mlp/wi_1)",
 }
 
 
@@ -55,8 +65,9 @@ class AdapterConfig:
   """Configuration of the adapters of one model.
 
   Attributes:
-    kind: 'lora' (one LoRA per projection), 'poly' (a routed inventory of
-      LoRA skills; MHR when `n_heads > 1`), or 'ia3' (learned scaling vectors).
+    kind: 'lora' (one LoRA per projection), 'poly' (PEFT's Poly tuner: a
+      routed inventory of LoRA skills, Polytropon when `n_heads == 1`, MHR
+      when `n_heads > 1`), or 'ia3' (learned scaling vectors).
     rank: LoRA rank r (of every skill).
     n_tasks: rows of the routing table Z (poly only).
     n_skills: skills |Φ| per adapted projection (poly only).
@@ -68,12 +79,18 @@ class AdapterConfig:
     shared_routing: one routing table Z for all layers (a `router` module at
       the top of the tree) instead of one per adapted projection.
     routing_temperature: τ of the relaxed-Bernoulli routing in training.
+    relaxed_bernoulli: sample the training routing from a relaxed Bernoulli
+      (PEFT's Poly, mttl's default); False: the plain σ(Z) in training too
+      (mttl's `module_logits_relaxed_bernoulli: false`, the paper's T0 setting).
     straight_through: hard 0/1 routing (threshold 0.5) in the forward pass,
-      the relaxed weights' gradient in the backward pass; also hard at
-      evaluation.
+      σ(Z)'s gradient in the backward pass; also hard at evaluation. Needs
+      relaxed_bernoulli=False (mttl raises on both).
+    lora_init: LoRA A initialisation, one of `LORA_INITS` ('peft' | 'mttl').
     dropout: dropout on the LoRA input x (lora and poly), training only.
     ia3_feedforward: regex (re.fullmatch) of the (IA)^3 targets that scale
       their input instead of their output (PEFT's `feedforward_modules`).
+    ia3_target_modules: the targets of (IA)^3 adapters built by the methods
+      `ia3` / `shared_ia3` (a preset or regex; 'ia3': PEFT's T5 default).
     param_dtype: dtype of every adapter parameter (skills, routing logits,
       LoRA, (IA)^3), independent of the backbone's `T5Config.param_dtype`:
       the adapters are what trains, so they stay float32 (their Adam updates
@@ -90,7 +107,10 @@ class AdapterConfig:
   target_modules: str = "attention"
   shared_routing: bool = False
   routing_temperature: float = 1.0
+  relaxed_bernoulli: bool = True
   straight_through: bool = False
+  lora_init: str = "peft"
+  ia3_target_modules: str = "ia3"
   dropout: float = 0.0
   ia3_feedforward: str = r".*/mlp/wo"
   param_dtype: str = "float32"
@@ -107,6 +127,12 @@ class AdapterConfig:
         if getattr(self, field):
           raise ValueError(f"{field}=True needs routed adapters (kind='poly'); got "
                            f"kind={self.kind!r}")
+    if self.relaxed_bernoulli and self.straight_through and self.kind == "poly":
+      raise ValueError("straight_through=True with relaxed_bernoulli=True: choose one (mttl "
+                       "raises too); set relaxed_bernoulli=False for straight-through routing")
+    if self.lora_init not in LORA_INITS:
+      raise ValueError(f"lora_init={self.lora_init!r} is not supported; valid choices: "
+                       f"{list(LORA_INITS)}")
     if not self.routing_temperature > 0:
       raise ValueError(f"routing_temperature={self.routing_temperature!r} must be > 0")
     if not 0.0 <= self.dropout < 1.0:
@@ -120,6 +146,9 @@ class AdapterConfig:
     if self.param_dtype not in PARAM_DTYPES:
       raise ValueError(f"param_dtype={self.param_dtype!r} is not supported; valid choices: "
                        f"{list(PARAM_DTYPES)}")
+    if self.ia3_target_modules not in TARGET_PRESETS:
+      _check_regex("ia3_target_modules", self.ia3_target_modules,
+                   f"; use a regex or a preset: {sorted(TARGET_PRESETS)}")
 
   @property
   def scale(self) -> float:

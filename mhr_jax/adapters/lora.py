@@ -3,8 +3,8 @@
   y' = y + dropout(x) A B · scaling,   A ∈ R^{in x r}, B ∈ R^{r x out}
 
 A starts like PEFT's (torch's default `nn.Linear` init: kaiming-uniform with
-a = √5, i.e. U(-1/√in, 1/√in)), B at zero, so training starts from the base
-model. `scaling` defaults to 1/r (PEFT's Poly, microsoft/mttl).
+a = √5, i.e. U(-1/√in, 1/√in)) or, with `lora_init='mttl'`, like microsoft/mttl's
+(U(±(1/√3)/√in)); B at zero, so training starts from the base model. `scaling` defaults to 1/r (PEFT's Poly, microsoft/mttl).
 Parameters: `lora_a` (kernel input axis, 'lora_rank'), `lora_b`
 ('lora_rank', kernel output axis).
 """
@@ -19,11 +19,37 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
+from mhr_jax.param_tree import Role, declare_roles
 
 
 def kaiming_uniform_init(fan_in: int):
   """U(-1/√fan_in, 1/√fan_in): torch's kaiming_uniform_(a=√5) for a [*, fan_in] weight."""
   bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+MTTL_GAIN = 1.0 / math.sqrt(3.0)  # torch calculate_gain('leaky_relu', √5) = √(2 / (1 + 5))
+
+
+def lora_a_bound(init: str, in_features: int, n_heads: int = 1) -> float:
+  """Half-width of the uniform LoRA A init of a projection with `in_features` inputs.
+
+  'peft': 1/√(in/h) (kaiming_uniform(a=√5) on one head block of in/h rows);
+  'mttl': (1/√3)/√in, the full width even for MHR (mttl models/adapters.py).
+  """
+  if init == "mttl":
+    return MTTL_GAIN / math.sqrt(in_features)
+  if init == "peft":
+    return 1.0 / math.sqrt(in_features // n_heads)
+  raise ValueError(f"lora_init={init!r} is not supported; valid choices: ['peft', 'mttl']")
+
+
+def uniform_init(bound: float):
+  """U(-bound, bound)."""
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -44,6 +70,7 @@ def input_dropout(x: jax.Array, rate: float, inputs: Optional[AdapterInputs]) ->
   return nn.Dropout(rate)(x, deterministic=False)
 
 
+@declare_roles(lora_a=Role.LORA, lora_b=Role.LORA)
 class LoraAdapter(ProjectionAdapter):
   """One LoRA on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
 
@@ -54,7 +81,8 @@ class LoraAdapter(ProjectionAdapter):
     del kernel
     cfg = self.config
     a = self.param("lora_a", nn.with_logical_partitioning(
-        kaiming_uniform_init(self.in_features), (self.kernel_axes[0], "lora_rank")),
+        uniform_init(lora_a_bound(cfg.lora_init, self.in_features)),
+        (self.kernel_axes[0], "lora_rank")),
                    (self.in_features, cfg.rank), self.param_dtype)
     b = self.param("lora_b", nn.with_logical_partitioning(
         nn.initializers.zeros, ("lora_rank", self.kernel_axes[1])),

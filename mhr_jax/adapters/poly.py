@@ -12,7 +12,7 @@ Notation (Ponti et al. 2023; Caccia et al. 2023):
     B_t = [Σ_s w_{t,1,s} B_{1,s}, ..., Σ_s w_{t,h,s} B_{h,s}]   joined on `out`  -> [r, out]
     y' = y + (x A_t) B_t · scaling     (scaling = 1/r by default, as PEFT)
   Poly is h = 1. The shapes, the init of each A_{h,s} (kaiming-uniform, a=√5,
-  fan-in d), B = 0, and the order of the reshapes are PEFT's `poly` tuner's,
+  fan-in d; or mttl's U(±(1/√3)/√in) with `lora_init='mttl'`), B = 0, and the order of the reshapes are PEFT's `poly` tuner's,
   so PEFT checkpoints copy over without reshaping.
 
 Mixed-task batches mix one (A_t, B_t) per example; with
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
-from mhr_jax.adapters.lora import input_dropout, kaiming_uniform_init, lora_delta
+from mhr_jax.adapters.lora import input_dropout, lora_a_bound, lora_delta, uniform_init
 from mhr_jax.adapters.routing import router_from_config
+from mhr_jax.param_tree import Role, declare_roles
 
 
 def mix_skills(weights: jax.Array, skill_a: jax.Array, skill_b: jax.Array
@@ -52,6 +53,7 @@ def mix_skills(weights: jax.Array, skill_a: jax.Array, skill_b: jax.Array
   return a, b
 
 
+@declare_roles(skill_lora_a=Role.SKILLS, skill_lora_b=Role.SKILLS)
 class PolyAdapter(ProjectionAdapter):
   """A skill inventory on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
 
@@ -68,7 +70,7 @@ class PolyAdapter(ProjectionAdapter):
                          f"n_heads={h}")
     d, e = self.in_features // h, self.out_features // h
     skill_a = self.param("skill_lora_a", nn.with_logical_partitioning(
-        kaiming_uniform_init(d), ("routing_heads", "skills", self.kernel_axes[0], "lora_rank")),
+        uniform_init(lora_a_bound(cfg.lora_init, self.in_features, h)), ("routing_heads", "skills", self.kernel_axes[0], "lora_rank")),
                          (h, s, d, r), self.param_dtype)
     skill_b = self.param("skill_lora_b", nn.with_logical_partitioning(
         nn.initializers.zeros, ("routing_heads", "skills", "lora_rank", self.kernel_axes[1])),

@@ -5,7 +5,8 @@ Notation (Ponti et al. 2023; Caccia et al. 2023):
                           (param `routing_logits`, init U(-1e-3, 1e-3)).
   Training:   ẑ = σ((Z_t + log u - log(1 - u)) / τ),  u ~ U(0, 1)
               (a relaxed-Bernoulli / Gumbel-sigmoid sample, as PEFT's
-              `RelaxedBernoulli(τ, logits=Z_t).rsample()`);
+              `RelaxedBernoulli(τ, logits=Z_t).rsample()`), or with
+              `relaxed=False` (mttl's T0 setting) ẑ = σ(Z_t);
   evaluation: ẑ = σ(Z_t).
   Weights:    w_{t,h,s} = ẑ_{t,h,s} / (Σ_s' ẑ_{t,h,s'} + 1e-12).
   Straight-through (optional): the forward pass uses the hard
@@ -15,6 +16,9 @@ Task ids out of [0, |T|) are errors, never silently another task's row:
 `check_task_ids` raises eagerly on concrete ids and, under `jit`, from a
 host callback when the computation runs; the gather itself fills rows of
 bad ids with NaN, so a bad id that escapes every check poisons its output.
+Missing ids are errors too, never row 0: a routed `T5` called without
+task_ids raises (outside `init`), and every evaluation example must carry
+its 'task_id' (mhr_jax/evaluation reads no default).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mhr_jax.param_tree import Role, declare_roles
 
 # Logical axis names of the routing table and of LoRA ranks. 'heads' is taken
 # by attention heads, so MHR heads are 'routing_heads'. The partitioning
@@ -97,10 +103,14 @@ def relaxed_bernoulli_sample(rng: jax.Array, logits: jax.Array, temperature: flo
 
 
 def routing_weights(logits: jax.Array, *, deterministic: bool, rng: Optional[jax.Array] = None,
-                    temperature: float = 1.0, straight_through: bool = False) -> jax.Array:
-  """Routing logits [..., h, s] -> mixing weights w [..., h, s] (float32), each head Σ_s ≈ 1."""
+                    temperature: float = 1.0, straight_through: bool = False,
+                    relaxed: bool = True) -> jax.Array:
+  """Routing logits [..., h, s] -> mixing weights w [..., h, s] (float32), each head Σ_s ≈ 1.
+
+  relaxed=False: σ(logits) in training as in evaluation (no sampling, no rng).
+  """
   logits = logits.astype(jnp.float32)
-  if deterministic:
+  if deterministic or not relaxed:
     probs = jax.nn.sigmoid(logits)
   else:
     if rng is None:
@@ -116,12 +126,14 @@ def routing_weights(logits: jax.Array, *, deterministic: bool, rng: Optional[jax
   return probs / (jnp.sum(probs, axis=-1, keepdims=True) + EPS)
 
 
+@declare_roles(routing_logits=Role.ROUTING)
 class Router(nn.Module):
   """Holds Z and maps task ids to mixing weights.
 
   Attributes:
     n_tasks, n_heads, n_skills: shape of Z.
     temperature: τ of the training-time relaxed Bernoulli.
+    relaxed: sample a relaxed Bernoulli in training (else σ(Z) throughout).
     straight_through: hard routing with a straight-through gradient.
   """
 
@@ -131,6 +143,7 @@ class Router(nn.Module):
   temperature: float = 1.0
   straight_through: bool = False
   param_dtype: Any = jnp.float32
+  relaxed: bool = True
 
   @nn.compact
   def __call__(self, task_ids: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -148,13 +161,15 @@ class Router(nn.Module):
                      nn.with_logical_partitioning(uniform_routing_init, ROUTING_AXES),
                      shape, self.param_dtype)
     logits = gather_routing_logits(z, task_ids)
-    rng = None if deterministic else self.make_rng("routing")
+    rng = None if deterministic or not self.relaxed else self.make_rng("routing")
     return routing_weights(logits, deterministic=deterministic, rng=rng,
-                           temperature=self.temperature, straight_through=self.straight_through)
+                           temperature=self.temperature, straight_through=self.straight_through,
+                           relaxed=self.relaxed)
 
 
 def router_from_config(config, name: Optional[str] = None, param_dtype=jnp.float32) -> Router:
   """A `Router` shaped by an `AdapterConfig`."""
   return Router(config.n_tasks, config.n_heads, config.n_skills,
                 temperature=config.routing_temperature,
-                straight_through=config.straight_through, param_dtype=param_dtype, name=name)
+                straight_through=config.straight_through, param_dtype=param_dtype, name=name,
+                relaxed=getattr(config, "relaxed_bernoulli", True))

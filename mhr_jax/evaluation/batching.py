@@ -50,3 +50,33 @@ def decode_tokens(vocab, tokens: np.ndarray) -> str:
       break
     ids.append(int(t))
   return vocab.decode(ids)
+
+
+def make_choice_batch(vocab, inputs: Sequence[str], choices: Sequence[Sequence[str]],
+                      labels: Sequence[int], task_ids: Sequence[int], input_length: int,
+                      target_length: int, pad_to: int | None = None,
+                      num_choices: int | None = None) -> dict:
+  """A multiple-choice batch (see `mhr_jax.training.multiple_choice`), each input once.
+
+  Returns int32 arrays: encoder_input_tokens [b, input_length], choice_tokens
+  [b, C, target_length] (each choice + EOS; a missing choice is all padding),
+  labels [b], task_ids [b], decoder_loss_weights [b, target_length] (the
+  correct choice's tokens); C = `num_choices` or the most choices of an example.
+  Rows past len(inputs) up to `pad_to` are empty.
+  """
+  n = len(inputs)
+  b = max(pad_to or n, n)
+  c = max([num_choices or 0] + [len(x) for x in choices])
+  enc = np.zeros((b, input_length), np.int32)
+  tok = np.zeros((b, c, target_length), np.int32)
+  lab = np.zeros((b,), np.int32)
+  tids = np.zeros((b,), np.int32)
+  for i, (x, cs, y, t) in enumerate(zip(inputs, choices, labels, task_ids)):
+    enc[i] = encode_text(vocab, x, input_length)
+    for j, choice in enumerate(cs):
+      tok[i, j] = encode_text(vocab, choice, target_length)
+    lab[i], tids[i] = y, t
+  # The LM loss's tokens (the correct choice's), for token counts in the train loop.
+  weights = (tok[np.arange(b), lab] > 0).astype(np.int32)
+  return {"encoder_input_tokens": enc, "choice_tokens": tok, "labels": lab, "task_ids": tids,
+          "decoder_loss_weights": weights}

@@ -12,7 +12,7 @@ from mhr_jax.evaluation import metrics
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.models.decoding import greedy_decode
-from mhr_jax.training.step import make_score_step
+from mhr_jax.training.multiple_choice import make_choice_score_step
 
 
 class Evaluator:
@@ -24,12 +24,16 @@ class Evaluator:
   """
 
   def __init__(self, model, vocab, input_length: int, target_length: int,
-               batch_size: int = 32, single_task: bool = False):
+               batch_size: int = 32, single_task: bool = False,
+               length_normalize: bool = False):
     self.vocab = vocab
     self.input_length, self.target_length = input_length, target_length
     self.batch_size = batch_size
     self.n_tasks = routing_table_size(model.adapter)
-    self._score = jax.jit(make_score_step(model, single_task=single_task))
+    # Rank classification: each input encoded once, its choices' summed (or,
+    # with length_normalize, mean) token log-likelihoods compared.
+    self._score = jax.jit(make_choice_score_step(model, single_task=single_task,
+                                                 length_normalize=length_normalize))
     self._decode = jax.jit(lambda params, enc, tids: greedy_decode(
         model, params, enc, max_decode_length=target_length, task_ids=tids,
         single_task=single_task))

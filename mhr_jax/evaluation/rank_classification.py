@@ -1,8 +1,10 @@
 """Rank classification: pick the answer choice with the highest log-likelihood.
 
-Each example with C choices becomes C (input, choice) pairs; a choice's score
-is the sum of its target tokens' log-probabilities (as in T0 / T-Few), and
-the prediction is the argmax over its choices.
+Each example's input is encoded once and all its choices are scored against
+it (`training.multiple_choice.make_choice_score_step`): a choice's score is
+the sum of its target tokens' log-probabilities, or their mean over its
+non-pad tokens, EOS included (`length_normalize`, mttl's / T-Few's
+`length_norm`); the prediction is the argmax over the example's choices.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mhr_jax.evaluation.batching import make_batch
+from mhr_jax.evaluation.batching import make_choice_batch
 
 
 def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
@@ -20,22 +22,22 @@ def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
   """Scores every choice of every example.
 
   Args:
-    score_fn: batch -> [b] summed target log-likelihoods (a jitted score step).
+    score_fn: choice batch (`make_choice_batch`) -> [b, C] choice scores.
     examples: dicts with 'inputs' (str), 'choices' (list[str]) and 'task_id'.
+    batch_size: (example, choice) pairs per call; a batch holds
+      max(1, batch_size // C) examples, C the most choices of any example.
   Returns:
     One float array [num_choices] per example.
   """
-  pairs = [(i, ex["inputs"], c, int(ex.get("task_id", 0)))
-           for i, ex in enumerate(examples) for c in ex["choices"]]
-  scores = np.zeros((len(pairs),), np.float64)
-  for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
-    batch = make_batch(vocab, [p[1] for p in chunk], [p[2] for p in chunk],
-                       [p[3] for p in chunk], input_length, target_length, pad_to=batch_size)
-    scores[start:start + len(chunk)] = np.asarray(score_fn(batch))[:len(chunk)]
-  out, k = [], 0
-  for ex in examples:
-    n = len(ex["choices"])
-    out.append(scores[k:k + n])
-    k += n
+  c = max(len(ex["choices"]) for ex in examples)
+  per_batch = max(1, batch_size // c)
+  out = []
+  for start in range(0, len(examples), per_batch):
+    chunk = examples[start:start + per_batch]
+    batch = make_choice_batch(vocab, [ex["inputs"] for ex in chunk],
+                              [ex["choices"] for ex in chunk], [0] * len(chunk),
+                              [int(ex["task_id"]) for ex in chunk], input_length,
+                              target_length, pad_to=per_batch, num_choices=c)
+    scores = np.asarray(score_fn(batch), np.float64)
+    out.extend(scores[i, :len(ex["choices"])] for i, ex in enumerate(chunk))
   return out

@@ -22,16 +22,19 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-  """Records {'task', 'seed', metric: value, ...} -> {task: {metric: {mean, std, n}}}.
+  """Records {'task', 'seed', metric: value, ...} -> {task: {metric: {mean, std, median, n}}}.
 
-  Also adds an 'average' row: the mean over tasks of each task's seed-mean.
+  Also adds an 'average' row: the mean over tasks of each task's seed-mean
+  ('mean'), and the mean over tasks of each task's seed-median ('median':
+  the paper's aggregation, mttl projects/mhr/utils/get_metrics.py).
   """
   by_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
   for r in records:
     for k, v in r.items():
       if k not in ("task", "seed") and isinstance(v, (int, float)):
         by_task[r["task"]][k].append(float(v))
-  out = {t: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+  out = {t: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                 "median": float(np.median(v)), "n": len(v)}
              for k, v in ms.items()} for t, ms in sorted(by_task.items())}
   metrics = sorted({k for ms in out.values() for k in ms})
   avg = {}
@@ -43,7 +46,9 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[
       if k in r:
         seeds[r.get("seed", 0)].append(float(r[k]))
     per_seed = [np.mean(v) for v in seeds.values()]
-    avg[k] = {"mean": float(np.mean(vals)), "std": float(np.std(per_seed)), "n": len(per_seed)}
+    medians = [ms[k]["median"] for ms in out.values() if k in ms]
+    avg[k] = {"mean": float(np.mean(vals)), "std": float(np.std(per_seed)),
+              "median": float(np.mean(medians)), "n": len(per_seed)}
   out["average"] = avg
   return out
 
@@ -64,6 +69,11 @@ def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
         cells.append("")
     name = f"**{task}**" if task == "average" else task
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  avg = summary.get("average", {})
+  medians = [f"{k} {avg[k]['median']:.2f}" for k in metrics if "median" in avg.get(k, {})]
+  if medians:
+    lines += ["", "Median over seeds, then mean over tasks (the paper's aggregation): "
+              + ", ".join(medians)]
   return "\n".join(lines) + "\n"
 
 

@@ -50,9 +50,10 @@ def train_batches(name: str, data, vocab, seed: int) -> Iterator[dict]:
                               vocabulary=vocab, shard_info=shard)
 
 
-def fewshot_batches(task: str, k: int, seed: int, data, vocab) -> Iterator[dict]:
+def fewshot_batches(task: str, k: int, seed: int, data, vocab,
+                    sampling: Optional[str] = None) -> Iterator[dict]:
   """Endless batches of the k-shot split of `task` drawn with `seed`; task id 0."""
-  name = _tasks().fewshot_task(task, k, seed)
+  name = _tasks().fewshot_task(task, k, seed, sampling=sampling)
   batch = min(data.batch_size, k)
   return _tasks().get_batches(name, "train", _lengths(data), batch, shuffle=True, seed=seed,
                               task_id=0, vocabulary=vocab)

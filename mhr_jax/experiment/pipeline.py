@@ -47,15 +47,19 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
-    stage: one of multitask, adapt, zero_shot, eval, pipeline, compile (every
-      jitted step compiled for a TPU topology, see experiment/compile.py).
-    output_dir: where checkpoints, TensorBoard logs, plots and results go.
+    stage: one of `stages.STAGES` (multitask, adapt, zero_shot, eval,
+      pipeline, compile: every jitted step compiled for a TPU topology, see
+      experiment/compile.py).
+    output_dir: where checkpoints, TensorBoard logs, plots and results go;
+      the gin configuration in force is written to output_dir/config.gin.
     adapt_methods: adaptation methods run by `pipeline` after pre-training.
     zero_shot_methods: μ zero-shot runs (`stages.mu_zero_shot`: poly_mu, mhr_mu)
       by `pipeline` after the adaptations; the 'zero_shot' stage runs
       `mu_zero_shot`'s own `method`.
   """
   _check_choice("stage", stage, stages.STAGES)
+  # The configuration this run reads (every binding after all overrides), t5x style.
+  write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
   for m in adapt_methods:
     from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
     _check_choice("method", m, METHODS)

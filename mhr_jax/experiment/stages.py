@@ -15,7 +15,7 @@ import gin
 import jax
 import numpy as np
 
-from mhr_jax import partitioning
+from mhr_jax import param_tree, partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
@@ -24,9 +24,11 @@ from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.results import save_results, write_atomic
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
 from mhr_jax.experiment import data as stage_data
+from mhr_jax.experiment import fewshot_prompts
 from mhr_jax.experiment.model_setup import fill_from, init_params, place_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import train_loop
+from mhr_jax.training.multiple_choice import MultipleChoiceLoss
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.training.state import TrainState
 from mhr_jax.training.step import jit_train_step, make_train_step
@@ -42,7 +44,8 @@ STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline", "compile")
 
 class StageError(ValueError):
   """An unknown stage or method name; the message lists the valid ones."""
-_NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat", "dropout_rate")
+_NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat")
+SELECTIONS = ("final", "best_of_evaluations")
 
 
 @gin.configurable(module="mhr_jax")
@@ -86,12 +89,12 @@ class Trainer:
   """One jitted train step for a model + optimizer, reused across tasks and seeds."""
 
   def __init__(self, model: T5, optimizer_config: OptimizerConfig, steps: int, mesh, *,
-               single_task: bool):
+               single_task: bool, batch_loss=None):
     self.steps, self.mesh = steps, mesh
     self.n_tasks = routing_table_size(model.adapter)
     self.optimizer, lr_fn = make_optimizer(optimizer_config, steps)
     self.step_fn = jit_train_step(make_train_step(model, self.optimizer, single_task=single_task,
-                                                  learning_rate_fn=lr_fn))
+                                                  learning_rate_fn=lr_fn, batch_loss=batch_loss))
 
   def _put_batch(self, batch: dict) -> dict:
     # Task ids are checked here, on the host, not inside the jitted step.
@@ -101,8 +104,11 @@ class Trainer:
 
   def run(self, params: dict, trainable_fn, batches, *, seed: int, description: str,
           writer=None, store=None, extra=None, log_every: int = 10,
-          show_progress: bool = True):
-    """Builds the state (or resumes it from `store`) and trains; returns (state, history)."""
+          show_progress: bool = True, on_step=None):
+    """Builds the state (or resumes it from `store`) and trains; returns (state, history).
+
+    on_step(state, step), if given, runs after every step (after checkpointing).
+    """
     state = TrainState.create(params, trainable_fn, self.optimizer, jax.random.PRNGKey(seed))
     if store is not None and store.latest_step() is not None:
       state, _ = store.restore(target=state)
@@ -114,9 +120,12 @@ class Trainer:
     state = state.replace(trainable={k: v.copy() for k, v in state.trainable.items()})
     batches = stage_data.skip(batches, int(state.step))
     ckpt = None
-    if store is not None:
+    if store is not None or on_step is not None:
       def ckpt(s, step):
-        store.save(step, s, extra or {}, force=step == self.steps)
+        if store is not None:
+          store.save(step, s, extra or {}, force=step == self.steps)
+        if on_step is not None:
+          on_step(s, step)
     state, history = train_loop(
         state, self.step_fn, batches, self.steps,
         put_batch=self._put_batch, writer=writer,
@@ -135,8 +144,15 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
                     steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
                     data: DataConfig = DataConfig(), mesh: MeshConfig = MeshConfig(),
                     seed: int = 0, checkpoint_every: int = 500, keep_checkpoints: int = 2,
-                    log_every: int = 10, show_progress: bool = True) -> str:
+                    log_every: int = 10, show_progress: bool = True,
+                    dropout_rate: Optional[float] = None) -> str:
   """Stage 1: pre-trains skills + routing (or a baseline) on a multi-task mixture.
+
+  With `hf_checkpoint` the architecture and the dropout rate come from the
+  checkpoint (mttl trains with the checkpoint's dropout, 0.1 for T5 v1.1 / T0),
+  the numerics (dtype, scan, remat) from `model_config`; `dropout_rate`
+  overrides the dropout (of the checkpoint or of `model_config`). The
+  adaptation stages keep the multi-task stage's dropout.
 
   Writes an Orbax checkpoint under `output_dir/multitask/checkpoints` with the
   task-id table and configs, plus TensorBoard scalars and a routing heatmap.
@@ -155,6 +171,8 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   elif model_config is None:
     raise ValueError("train_multitask needs model_config (e.g. configs/models/tiny.gin) or "
                      "hf_checkpoint (a local Hugging Face T5 directory)")
+  if dropout_rate is not None:
+    model_config = model_config.replace(dropout_rate=float(dropout_rate))
   table = stage_data.task_id_table(mixture)
   vocab = stage_data.vocabulary(data, hf_checkpoint)
   model_config = stage_data.with_vocab_size(model_config, vocab, hf_checkpoint)
@@ -198,8 +216,7 @@ def load_multitask(stage_dir: str):
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
   params = {**state["frozen"], **state["trainable"]}
-  from mhr_jax.training.state import unflatten_params  # pylint: disable=g-import-not-at-top
-  return model_config, adapter, unflatten_params(params), extra
+  return model_config, adapter, param_tree.unflatten(params), extra
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -212,7 +229,11 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
                   adapter_config: Optional[AdapterConfig] = None,
                   eval_split: str = "test", max_eval_examples: Optional[int] = None,
                   learning_rate_by_method: Optional[dict] = None,
-                  log_every: int = 10, show_progress: bool = True) -> dict:
+                  log_every: int = 10, show_progress: bool = True,
+                  k_by_task: Optional[dict] = None, fewshot_sampling: Optional[str] = None,
+                  prompts: str = "handwritten", loss: MultipleChoiceLoss = MultipleChoiceLoss(),
+                  length_normalize: bool = False, selection: str = "final",
+                  eval_every: Optional[int] = None) -> dict:
   """Stage 2: few-shot adaptation to each held-out task x seed, then evaluation.
 
   Starts from the multi-task checkpoint in `multitask_dir` (default
@@ -220,6 +241,20 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   `output_dir/adapt_<method>` and returns the summary.
   `learning_rate_by_method` ({method: rate}) replaces `optimizer.learning_rate`
   for the methods it names (full fine-tuning wants a smaller rate than an adapter).
+
+  The paper's T0 protocol (configs/experiments/t0_3b.gin, docs/PROTOCOL.md):
+  k_by_task: shots per task where it differs from `k`.
+  fewshot_sampling: 'balanced' | 'uniform' | 'shuffle' (mttl's seeded
+    shuffle); None: balanced for multiple choice (tasks.fewshot).
+  prompts: 'handwritten' or 'promptsource' (a template drawn per example).
+  loss: the few-shot objective (`multiple_choice.MultipleChoiceLoss`; its
+    MC / unlikelihood terms train on every answer choice).
+  length_normalize: rank classification by mean, not summed, token
+    log-likelihood of each choice.
+  selection: 'final' (the last step's scores) or 'best_of_evaluations'
+    (mttl's: evaluate every `eval_every` steps on the evaluation split and
+    keep the best; OPTIMISTIC, it selects on the split it reports; the
+    records then carry the final scores and `<metric>_best_of_evals_optimistic`).
   """
   rates = dict(learning_rate_by_method or {})
   unknown = sorted(set(rates) - set(methods.METHODS))
@@ -228,6 +263,13 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
                      f"choices: {sorted(methods.METHODS)}")
   if method in rates:
     optimizer = dataclasses.replace(optimizer, learning_rate=float(rates[method]))
+  fewshot_prompts.check_prompts(prompts)
+  if selection not in SELECTIONS:
+    raise StageError(f"selection={selection!r} is not supported; valid choices: "
+                     f"{list(SELECTIONS)}")
+  if selection == "best_of_evaluations" and not (eval_every and eval_every > 0):
+    raise StageError("selection='best_of_evaluations' needs eval_every > 0 (mttl: every 50 "
+                     "epochs, i.e. 200 steps at 32 shots and batch 8)")
   multitask_dir = multitask_dir or os.path.join(output_dir, "multitask")
   model_config, mt_adapter, mt_params, extra = load_multitask(multitask_dir)
   stage_dir = os.path.join(output_dir, f"adapt_{method}")
@@ -238,28 +280,53 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   trainable = methods.trainable_predicate(method, stage="adapt")
   model = trainer = evaluator = None
   records = []
+  python_batches = prompts != "handwritten" or loss.active
   for task in heldout:
-    examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
+    k_task = fewshot_prompts.shots(task, k, k_by_task)
     for seed in seeds:
+      examples = fewshot_prompts.eval_examples(task, eval_split, max_eval_examples,
+                                               prompts=prompts, seed=seed)
       adapter, params = methods.init_adaptation_params(
           method, mt_params, mt_adapter, rng=jax.random.PRNGKey(seed),
           routing_init=routing_init, mu_average=mu_average, base_config=adapter_config)
       if model is None:  # same shapes for every task and seed: compile once
         model = T5(model_config, adapter=adapter)
-        trainer = Trainer(model, optimizer, steps, mesh_, single_task=True)
+        trainer = Trainer(model, optimizer, steps, mesh_, single_task=True,
+                          batch_loss=loss if loss.active else None)
         evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                              data.eval_batch_size, single_task=True)
+                              data.eval_batch_size, single_task=True,
+                              length_normalize=length_normalize)
       # init_adaptation_params returns the complete tree of `model`; put it on the mesh.
       params = place_params(model, params, mesh_)
-      batches = stage_data.fewshot_batches(task, k, seed, data, vocab)
+      if python_batches:
+        batches = fewshot_prompts.fewshot_batches(
+            task, k_task, seed, data.batch_size, vocab, data.input_length, data.target_length,
+            prompts=prompts, sampling=fewshot_sampling, choices=loss.active)
+      else:
+        batches = stage_data.fewshot_batches(task, k_task, seed, data, vocab,
+                                             sampling=fewshot_sampling)
+      # Few-shot routing has one row: every example of the new task is task 0.
+      evals = []
+      on_step = None
+      if selection == "best_of_evaluations":
+        def on_step(s, step, _ev=evaluator, _ex=examples):
+          if step % eval_every == 0 or step == steps:
+            evals.append(_ev.evaluate(s.params, _ex))
       state, _ = trainer.run(params, trainable, batches, seed=seed,
                              description=f"adapt/{method}/{task}/s{seed}", writer=writer,
-                             log_every=log_every, show_progress=show_progress)
-      # Few-shot routing has one row: every example of the new task is task 0.
-      metrics_ = evaluator.evaluate(state.params, [{**ex, "task_id": 0} for ex in examples])
-      records.append({"task": task, "seed": int(seed), **metrics_})
+                             log_every=log_every, show_progress=show_progress, on_step=on_step)
+      metrics_ = evals[-1] if evals else evaluator.evaluate(state.params, examples)
+      record = {"task": task, "seed": int(seed), **metrics_}
+      for name in (metrics_ if evals else ()):
+        record[f"{name}_best_of_evals_optimistic"] = max(e[name] for e in evals)
+      records.append(record)
       log.info("%s %s seed %d: %s", method, task, seed, metrics_)
-  return save_results(stage_dir, records, title=f"{method}: {k}-shot on held-out tasks")
+  title = f"{method}: {k}-shot on held-out tasks" + (
+      f" ({', '.join(f'{t}: {n}' for t, n in sorted(k_by_task.items()))})" if k_by_task else "")
+  if selection == "best_of_evaluations":
+    title += (f"; *_best_of_evals_optimistic: best of the evaluations every {eval_every} steps "
+              f"on '{eval_split}' (selected on the reported split: optimistic)")
+  return save_results(stage_dir, records, title=title)
 
 
 def mu_methods() -> list[str]:
@@ -275,14 +342,16 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
                  mu_average: str = "uniform", family: str = "synthetic",
                  tasks: Optional[Sequence[str]] = None, eval_split: str = "test",
                  max_eval_examples: Optional[int] = None, seed: int = 0,
-                 log_every: int = 10, show_progress: bool = True) -> dict:
+                 log_every: int = 10, show_progress: bool = True,
+                 prompts: str = "handwritten", length_normalize: bool = False) -> dict:
   """μ zero-shot: average the skills into one LoRA, train it on the training tasks, no few-shot.
 
   The multi-task skills of `multitask_dir` are averaged (Poly-μ / MHR-μ, see
   `methods.mu_params`), the routing is dropped, and the averaged adapter is
   trained `steps` more steps on the multi-task `mixture` (default: the one the
   checkpoint was trained on); `steps=0` keeps the plain average. Then every
-  held-out task is evaluated zero-shot. Writes results under
+  held-out task is evaluated zero-shot (`prompts` and `length_normalize` as
+  in `adapt_heldout`). Writes results under
   `output_dir/zero_shot_<method>` and returns the summary.
   """
   if method not in mu_methods():
@@ -311,12 +380,13 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
     write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
     params = state.params
   evaluator = Evaluator(model, vocab, data.input_length, data.target_length,
-                        data.eval_batch_size, single_task=True)
+                        data.eval_batch_size, single_task=True,
+                        length_normalize=length_normalize)
   records = []
   for task in (list(tasks) if tasks else stage_data.heldout_tasks(family)):
-    examples = stage_data.eval_examples(task, eval_split, max_eval_examples)
-    records.append({"task": task, "seed": int(seed),
-                    **evaluator.evaluate(params, [{**ex, "task_id": 0} for ex in examples])})
+    examples = fewshot_prompts.eval_examples(task, eval_split, max_eval_examples,
+                                             prompts=prompts, seed=seed)
+    records.append({"task": task, "seed": int(seed), **evaluator.evaluate(params, examples)})
   return save_results(stage_dir, records,
                       title=f"{method} zero-shot ({steps} multi-task steps after averaging)")
 

@@ -8,6 +8,16 @@ and `weight_decay`. With `sparse_routing` (AdamW only) the routing logits are
 updated row-sparsely, only the rows of the batch's tasks (sparse_routing.py):
 the same result as dense AdamW when every step sees every task, and a step
 cost independent of the number of tasks.
+
+Adafactor is `optax.adafactor` without momentum (Hugging Face's `Adafactor`
+with relative_step=False, warmup_init=False, as microsoft/mttl uses it:
+update clipping 1.0, decay 0.8, eps 1e-30); `adafactor_scale_parameter` is
+HF's `scale_parameter` (optax's `multiply_by_parameter_scale`). Its per-tensor
+statistics (parameter RMS, update RMS, factored moments) are taken per layer
+of a scanned parameter [layers, ...], so the result does not depend on
+`scan_layers`. With `adafactor_min_dim_size_to_factor` above every dimension
+the second moments are not factored, which equals HF's factoring for rank-1
+LoRA factors and a one-task routing table (a factor of size 1 is exact).
 """
 
 from __future__ import annotations
@@ -15,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import optax
 
-from mhr_jax.training.sparse_routing import SparseRoutingOptimizer, is_routing_path
+from mhr_jax.param_tree import is_routing_path
+from mhr_jax.training.sparse_routing import SparseRoutingOptimizer
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -37,6 +49,8 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.999
   sparse_routing: bool = False
+  adafactor_scale_parameter: bool = True
+  adafactor_min_dim_size_to_factor: int = 128
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -65,9 +79,49 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
+def is_scanned_path(path: str) -> bool:
+  """Whether a flat parameter path is a scanned stack [layers, ...] ('encoder/layers/...')."""
+  return "layers" in path.split("/")[:-1]
+
+
+def per_layer(tx: optax.GradientTransformation,
+              scanned: Callable[[str], bool] = is_scanned_path) -> optax.GradientTransformation:
+  """`tx` on a flat {path: array} dict, each layer of a scanned parameter as its own tensor.
+
+  For optimizers with per-tensor statistics (Adafactor): a scanned [L, ...]
+  parameter is updated as the L parameters of the unscanned model would be.
+  """
+
+  # Keys masked out by optax.multi_transform carry leafless placeholders: passed through.
+  def leafless(v):
+    return not jax.tree.leaves(v)
+
+  def init(params):
+    return {k: (v if leafless(v) else jax.vmap(tx.init)(v) if scanned(k) else tx.init(v))
+            for k, v in params.items()}
+
+  def update(updates, state, params=None):
+    new_updates, new_state = {}, {}
+    for k, u in updates.items():
+      p = None if params is None else params[k]
+      if leafless(u):
+        new_updates[k], new_state[k] = u, state[k]
+      elif scanned(k):
+        new_updates[k], new_state[k] = jax.vmap(tx.update)(u, state[k], p)
+      else:
+        new_updates[k], new_state[k] = tx.update(u, state[k], p)
+    return new_updates, new_state
+
+  return optax.GradientTransformation(init, update)
+
+
 def _base(config: OptimizerConfig, lr, weight_decay: float) -> optax.GradientTransformation:
   if config.name == "adafactor":
-    return optax.adafactor(learning_rate=lr, weight_decay_rate=weight_decay or None)
+    return per_layer(optax.adafactor(
+        learning_rate=lr, weight_decay_rate=weight_decay or None,
+        multiply_by_parameter_scale=config.adafactor_scale_parameter,
+        min_dim_size_to_factor=config.adafactor_min_dim_size_to_factor,
+        clipping_threshold=1.0, decay_rate=0.8, eps=1e-30, momentum=None))
   return optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=weight_decay)
 
 

@@ -31,16 +31,24 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
                     single_task: bool = False,
-                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None):
+                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+                    batch_loss: Optional[Callable] = None):
   """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`.
 
   With a `SparseRoutingOptimizer` the routing logits are updated row-sparsely
   (see sparse_routing.py); with an optax transformation, densely.
+  `batch_loss(model, params, batch, rng=, single_task=) -> (loss, tokens)`
+  replaces the token cross-entropy (e.g. `multiple_choice.MultipleChoiceLoss`).
   """
   if isinstance(optimizer, sparse_routing.SparseRoutingOptimizer):
+    if batch_loss is not None:
+      raise ValueError("sparse_routing=True trains with the LM loss only; unset batch_loss")
     return _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn)
 
   def loss_fn(trainable, frozen, batch, rng):
+    if batch_loss is not None:
+      return batch_loss(model, merge_params(trainable, frozen), batch, rng=rng,
+                        single_task=single_task)
     logits = model_logits(model, merge_params(trainable, frozen), batch, deterministic=False,
                           single_task=single_task, rng=rng)
     return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
