@@ -12,7 +12,9 @@ from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.experiment.model_setup import init_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
-from mhr_jax.training.state import TrainState, flatten_params
+from mhr_jax import param_tree
+from mhr_jax.param_tree import flatten as flatten_params
+from mhr_jax.training.state import TrainState
 from mhr_jax.training.step import jit_train_step, make_train_step
 
 CONFIG = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
@@ -30,7 +32,7 @@ def test_mhr_trains_f32_skills_and_routing_next_to_a_bf16_backbone():
                                                  schedule="constant"), 10)
   state = TrainState.create(params, methods.trainable_predicate("mhr", stage="multitask"),
                             optimizer, jax.random.PRNGKey(1))
-  groups = {methods.param_group(k) for k in state.trainable}
+  groups = {param_tree.role_of(k).value for k in state.trainable}
   assert groups == {"skills", "routing"}
   assert {v.dtype for v in state.trainable.values()} == {jnp.dtype(jnp.float32)}
   assert {v.dtype for v in state.frozen.values()} == {jnp.dtype(jnp.bfloat16)}
