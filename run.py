@@ -14,7 +14,9 @@ mixture), adapt (few-shot adaptation to each held-out task x seed from a
 multi-task checkpoint), zero_shot (μ-average a Poly/MHR checkpoint into one
 LoRA, train it briefly on the multi-task mixture, evaluate on the held-out
 tasks), eval (restore a checkpoint and evaluate), pipeline (multitask ->
-adapt methods -> zero-shot methods -> results table).
+adapt methods -> zero-shot methods -> results table), compile (every jitted
+step compiled ahead of time for a TPU topology, e.g.
+--gin.MeshConfig.topology=v5e:2x4; no weights, no data).
 """
 
 from __future__ import annotations

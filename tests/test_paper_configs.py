@@ -105,12 +105,16 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
 
   # The backbone stayed frozen at the checkpoint's values; the adapters moved.
   from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
-  _, pretrained = load_hf_checkpoint(checkpoint, scan_layers=True)  # the trained tree's layout
+  _, pretrained = load_hf_checkpoint(checkpoint, scan_layers=True,  # the trained tree's layout
+                                     param_dtype=model_config.param_dtype)
   from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
   flat, ref = flatten_params(params), flatten_params(pretrained)
   for key, value in ref.items():
     np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)
-  assert any(k not in ref for k in flat)  # adapter parameters exist
+    assert flat[key].dtype == np.dtype(model_config.param_dtype), key
+  adapters = [k for k in flat if k not in ref]
+  assert adapters  # adapter parameters exist, trained in float32 whatever the backbone's dtype
+  assert {str(flat[k].dtype) for k in adapters} == {"float32"}
 
   # Each reported score is the one recomputed from the predictions (choice scores) made.
   runs = [("adapt", m) for m in methods] + [("zero_shot", m) for m in zero_shot]

@@ -15,6 +15,7 @@ import re
 from typing import Optional
 
 KINDS = ("lora", "poly", "ia3")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
 # LoRA A initialisations (B always starts at zero):
 #   'peft': PEFT's (torch nn.Linear's kaiming_uniform(a=√5)): U(±1/√fan_in), fan_in
 #           the input width of one head block (in/h);
@@ -90,6 +91,11 @@ class AdapterConfig:
       their input instead of their output (PEFT's `feedforward_modules`).
     ia3_target_modules: the targets of (IA)^3 adapters built by the methods
       `ia3` / `shared_ia3` (a preset or regex; 'ia3': PEFT's T5 default).
+    param_dtype: dtype of every adapter parameter (skills, routing logits,
+      LoRA, (IA)^3), independent of the backbone's `T5Config.param_dtype`:
+      the adapters are what trains, so they stay float32 (their Adam updates
+      are ~1e-3 relative, below bf16's resolution) while a frozen backbone
+      may be stored in bfloat16.
   """
 
   kind: str = "poly"
@@ -107,6 +113,7 @@ class AdapterConfig:
   ia3_target_modules: str = "ia3"
   dropout: float = 0.0
   ia3_feedforward: str = r".*/mlp/wo"
+  param_dtype: str = "float32"
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -136,6 +143,9 @@ class AdapterConfig:
       _check_regex("target_modules", self.target_modules,
                    f"; use a regex or a preset: {sorted(TARGET_PRESETS)}")
     _check_regex("ia3_feedforward", self.ia3_feedforward)
+    if self.param_dtype not in PARAM_DTYPES:
+      raise ValueError(f"param_dtype={self.param_dtype!r} is not supported; valid choices: "
+                       f"{list(PARAM_DTYPES)}")
     if self.ia3_target_modules not in TARGET_PRESETS:
       _check_regex("ia3_target_modules", self.ia3_target_modules,
                    f"; use a regex or a preset: {sorted(TARGET_PRESETS)}")

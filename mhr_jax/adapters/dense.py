@@ -53,7 +53,8 @@ class AdaptedDense(nn.Module):
       layer = build_adapter(self.adapter, in_features=x.shape[-1],
                             out_features=self.features,
                             kernel_axes=self.kernel_axes, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="adapter")
+                            # Trainable: the adapter's own dtype, not the backbone's.
+                            param_dtype=jnp.dtype(self.adapter.param_dtype), name="adapter")
       # The kernel is passed for adapters that rescale the input ((IA)^3 on wo).
       y = layer(x, y, adapter_inputs, kernel=kernel)
     return y

@@ -251,7 +251,7 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
     if leaf != "kernel" or not config.targets(module):
       continue
     lead, (d_in, d_out) = kernel.shape[:-2], kernel.shape[-2:]
-    dtype = kernel.dtype
+    dtype = jnp.dtype(config.param_dtype)  # the adapter's, not the (frozen) kernel's
     ad = param_tree.adapter_prefix(module)
     if config.kind == "lora":
       bound = lora_a_bound(config.lora_init, d_in)
@@ -300,7 +300,8 @@ def mu_params(multitask_params, config: AdapterConfig, average: str = "uniform"
     out[prefix + "lora_b"] = b.astype(skill_b.dtype)
   lora = AdapterConfig(kind="lora", rank=config.rank, scaling=config.scale,
                        target_modules=config.target_modules, dropout=config.dropout,
-                       ia3_feedforward=config.ia3_feedforward)
+                       ia3_feedforward=config.ia3_feedforward,
+                       param_dtype=config.param_dtype)
   return lora, param_tree.unflatten(out)
 
 
@@ -386,11 +387,12 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
   if base_config is not None and base_config.kind == m.adapt_kind:
     config = base_config
   elif m.adapt_kind == "ia3":
-    config = AdapterConfig(kind="ia3", target_modules=(base_config or adapter_config or
-                                                       AdapterConfig()).ia3_target_modules)
+    src = base_config or adapter_config or AdapterConfig()
+    config = AdapterConfig(kind="ia3", target_modules=src.ia3_target_modules,
+                           param_dtype=src.param_dtype)
   else:
     src = base_config or adapter_config or AdapterConfig()
     config = AdapterConfig(kind="lora", rank=src.rank, scaling=src.scale,
                            target_modules=src.target_modules, dropout=src.dropout,
-                           lora_init=src.lora_init)
+                           lora_init=src.lora_init, param_dtype=src.param_dtype)
   return config, add_fresh_adapters(backbone, config, rng)

@@ -29,10 +29,13 @@ class MeshConfig:
   `logical_axis_rules`: (logical name, mesh axis or None) pairs; the default
   is `partitioning.DEFAULT_RULES`. In gin, e.g.
   `mhr_jax.MeshConfig.logical_axis_rules = [('mlp', 'model'), ('vocab', None)]`.
+  `topology` names the TPU slice ('v5e:2x4') the `compile` stage compiles for
+  (experiment/compile.py); the training stages use the devices they find.
   """
   data: int = -1
   model: int = 1
   logical_axis_rules: tuple = partitioning.DEFAULT_RULES
+  topology: Optional[str] = None
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None

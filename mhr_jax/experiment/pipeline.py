@@ -11,6 +11,7 @@ import gin
 
 from mhr_jax.adapters.methods import METHODS
 from mhr_jax.evaluation.results import write_atomic
+from mhr_jax.experiment import compile as compile_stage  # registers compile_steps with gin
 from mhr_jax.experiment import stages
 
 
@@ -47,7 +48,9 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
-    stage: one of `stages.STAGES` (multitask, adapt, zero_shot, eval, pipeline).
+    stage: one of `stages.STAGES` (multitask, adapt, zero_shot, eval,
+      pipeline, compile: every jitted step compiled for a TPU topology, see
+      experiment/compile.py).
     output_dir: where checkpoints, TensorBoard logs, plots and results go;
       the gin configuration in force is written to output_dir/config.gin.
     adapt_methods: adaptation methods run by `pipeline` after pre-training.
@@ -71,6 +74,8 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     return stages.adapt_heldout(output_dir)
   if stage == "zero_shot":
     return stages.mu_zero_shot(output_dir)
+  if stage == "compile":
+    return compile_stage.compile_steps(output_dir)
   stages.train_multitask(output_dir)
   summaries = {m: stages.adapt_heldout(output_dir, method=m) for m in adapt_methods}
   summaries.update({f"{m} zero-shot": stages.mu_zero_shot(output_dir, method=m)

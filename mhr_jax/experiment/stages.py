@@ -43,7 +43,7 @@ from mhr_jax.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline")
+STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline", "compile")
 
 
 class StageError(ValueError):

@@ -1,0 +1,556 @@
+"""The `compile` stage: every jitted step of the stages, compiled ahead of time for a TPU slice.
+
+No weights, no data, no accelerator: the architecture comes from a size
+preset or a `config.json`, the shapes from `jax.eval_shape`, the devices from
+`jax.experimental.topologies` (libtpu compiles for e.g. 'v5e:2x4' on a CPU
+host). Each step is lowered with explicit input and output shardings and
+compiled; XLA's own per-chip accounting then says whether it fits
+(the habit of MaxText's `train_compile.py`).
+
+Steps (what `run.stage=multitask` / `adapt` would jit):
+  multitask_train  the multi-task train step (`train_multitask`'s method, batch)
+  adapt_train      the few-shot train step (`adapt_heldout`'s method, one task)
+  score            rank-classification scoring of an eval batch (adapted model)
+  decode           greedy decoding of an eval batch (adapted model)
+
+Per step the report gives the per-chip argument / output / alias / temp /
+code bytes (XLA's `memory_analysis`), their total against the chip's HBM,
+FLOPs per chip, a step time at the chip's peak bf16 rate, the compile time,
+the per-chip and total parameter bytes, and the state leaves whose output
+layout differs from their input layout (0 expected: a resharded output makes
+the next step recompile).
+
+FLOPs: XLA's `cost_analysis` counts a loop body once, so a scanned layer
+stack counts as one layer. When `scan_layers` is on, the same step is also
+compiled unscanned with 2 encoder and 2 decoder layers; the difference is
+one layer of each, extrapolated linearly to the real depth. The decode
+step's token loop is counted once (one token).
+
+Settings come from the gin bindings of the stages themselves
+(`train_multitask.*`, `adapt_heldout.*`, `MeshConfig.*`), so compiling
+`configs/experiments/t0_3b.gin` checks exactly the steps that file would run:
+
+  python run.py --gin_file=configs/experiments/t0_3b.gin --gin.run.stage=compile \\
+      --gin.MeshConfig.topology="'v5e:2x4'" --gin.MeshConfig.model=4 \\
+      --gin.compile_steps.model_size="'t0_3b'"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mhr_jax import partitioning
+from mhr_jax.adapters import methods
+from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.evaluation.results import write_atomic
+from mhr_jax.experiment import chips, stages
+from mhr_jax.experiment.model_setup import example_batch
+from mhr_jax.models import T5, T5Config
+from mhr_jax.models.decoding import greedy_decode
+from mhr_jax.models.presets import preset_config
+from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
+from mhr_jax.training.state import TrainState
+from mhr_jax.training.step import make_score_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+STEPS = ("multitask_train", "adapt_train", "score", "decode")
+GiB = chips.GiB
+
+
+class DoesNotFit(stages.StageError):
+  """A compiled step needs more memory per chip than the chip has."""
+
+
+# --- Topology and mesh -----------------------------------------------------------
+
+
+def abstract_devices(topology: str) -> list:
+  """The devices of a TPU slice ('v5e:2x4', 'v4:2x2x1'), usable without the hardware.
+
+  v4 and v5p chips are one device each (megacore), as on a real slice.
+  """
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    chips.chip_of_topology(topology)  # a clear error for an unknown chip
+  except ValueError as e:
+    raise stages.StageError(str(e)) from None
+  # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for real
+  # chips; compiling for abstract devices is safe in several processes at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  kwargs = {}
+  if topology.split(":")[0] in ("v4", "v5p"):
+    kwargs = dict(chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1), num_slices=1)
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                             **kwargs).devices)
+  except Exception as e:  # libtpu's messages are long; keep the first line
+    raise stages.StageError(f"cannot build TPU topology {topology!r}: "
+                            f"{str(e).strip().splitlines()[0]}") from None
+
+
+# --- Shardings (the construction arch's Partitioner will own) ----------------------
+
+
+def shardings_of(abstract_boxed: Any, mesh) -> Any:
+  """NamedShardings of an abstract boxed tree (params or a whole TrainState) by the default rules.
+
+  Leaves created from boxed parameters (optimizer moments) keep their boxes,
+  so they follow their parameter; unboxed leaves (step, rng, counts) are
+  replicated. The real stages resolve their layout the same way.
+  """
+  return partitioning.param_shardings(abstract_boxed, mesh, partitioning.DEFAULT_RULES)
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying their shardings, for `jit(...).lower`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def _batch_abstract(batch_size: int, input_length: int, target_length: int, mesh,
+                    features: Sequence[str]) -> tuple[dict, dict]:
+  host = example_batch(batch_size, input_length, target_length)
+  sharding = partitioning.batch_sharding(mesh)
+  abstract = {k: jax.ShapeDtypeStruct(host[k].shape, host[k].dtype, sharding=sharding)
+              for k in features}
+  return abstract, {k: sharding for k in features}
+
+
+_TRAIN_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                   "decoder_loss_weights", "task_ids")
+
+
+# --- Building the steps ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BuiltStep:
+  """A jitted function with explicit in/out shardings and the abstract arguments to lower it."""
+  jitted: Callable
+  args: tuple
+  params_abstract: Any      # unboxed abstract parameters (for the byte counts)
+  params_shardings: Any
+  state_in: Any = None      # (for train steps) the state shardings given to jit
+
+
+def _init_fn(model: T5):
+  batch = example_batch(1, 8, 4)
+
+  def init(key):
+    return model.init({"params": key, "routing": key, "dropout": key},
+                      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                      task_ids=batch["task_ids"])["params"]
+
+  return init
+
+
+def _sharded_train_step(step: Callable, state_shardings: TrainState, batch_shardings: dict,
+                        mesh) -> Callable:
+  """`jit(step)` as the stages run it, with explicit in and out shardings.
+
+  Donates every state buffer but the frozen parameters (`jit_train_step`);
+  the new state leaves in the layout it came in, so step 2 reuses step 1's
+  executable and every donated buffer.
+  """
+
+  def inner(mutable, frozen, batch):
+    count, trainable, opt_state, rng = mutable
+    new, metrics = step(TrainState(count, trainable, frozen, opt_state, rng), batch)
+    return (new.step, new.trainable, new.opt_state, new.rng), metrics
+
+  s = state_shardings
+  mutable = (s.step, s.trainable, s.opt_state, s.rng)
+  return jax.jit(inner, in_shardings=(mutable, s.frozen, batch_shardings),
+                 out_shardings=(mutable, partitioning.replicated(mesh)), donate_argnums=(0,))
+
+
+def build_train_step(model: T5, method: str, stage: str, optimizer_config: OptimizerConfig,
+                     steps: int, train_backbone: bool, batch_size: int, input_length: int,
+                     target_length: int, mesh, single_task: bool) -> BuiltStep:
+  """The train step of `stage` ('multitask' | 'adapt'), from shapes only."""
+  boxed = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
+  trainable = methods.trainable_predicate(method, stage=stage, train_backbone=train_backbone)
+  optimizer, lr_fn = make_optimizer(optimizer_config, steps)
+  # TrainState.create on boxed parameters: the optimizer moments inherit the boxes.
+  state_boxed = jax.eval_shape(
+      lambda p, key: TrainState.create(p, trainable, optimizer, key), boxed,
+      jax.random.PRNGKey(0))
+  state_sh = shardings_of(state_boxed, mesh)
+  state = _abstract(partitioning._unbox(state_boxed), state_sh)  # pylint: disable=protected-access
+  batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
+                                    _TRAIN_FEATURES)
+  step = make_train_step(model, optimizer, single_task=single_task, learning_rate_fn=lr_fn)
+  jitted = _sharded_train_step(step, state_sh, batch_sh, mesh)
+  mutable = (state.step, state.trainable, state.opt_state, state.rng)
+  params = partitioning._unbox(boxed)  # pylint: disable=protected-access
+  return BuiltStep(jitted, (mutable, state.frozen, batch), params,
+                   shardings_of(boxed, mesh), state_in=(state_sh.step, state_sh.trainable,
+                                                         state_sh.opt_state, state_sh.rng))
+
+
+def build_eval_step(model: T5, kind: str, batch_size: int, input_length: int,
+                    target_length: int, mesh) -> BuiltStep:
+  """'score' (rank classification) or 'decode' (greedy), the batch split over 'data'."""
+  boxed = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
+  params_sh = shardings_of(boxed, mesh)
+  params = _abstract(partitioning._unbox(boxed), params_sh)  # pylint: disable=protected-access
+  rows = partitioning.batch_sharding(mesh)
+  if kind == "score":
+    batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
+                                      _TRAIN_FEATURES)
+    jitted = jax.jit(make_score_step(model, single_task=True),
+                     in_shardings=(params_sh, batch_sh), out_shardings=rows)
+    return BuiltStep(jitted, (params, batch), params, params_sh)
+  batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
+                                    ("encoder_input_tokens", "task_ids"))
+  jitted = jax.jit(
+      lambda p, enc, tids: greedy_decode(model, p, enc, max_decode_length=target_length,
+                                         task_ids=tids, single_task=True),
+      in_shardings=(params_sh, rows, rows), out_shardings=rows)
+  return BuiltStep(jitted, (params, batch["encoder_input_tokens"], batch["task_ids"]),
+                   params, params_sh)
+
+
+# --- Compiling and measuring ----------------------------------------------------------
+
+_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def _param_bytes(abstract: Any, shardings: Any) -> dict:
+  """Bytes of the parameters, whole and per chip; also of those split over some mesh axis."""
+  out = dict.fromkeys(("params_bytes_total", "params_bytes_per_chip",
+                       "split_params_bytes_total", "split_params_bytes_per_chip"), 0)
+  for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    item = np.dtype(x.dtype).itemsize
+    whole, mine = math.prod(x.shape) * item, math.prod(s.shard_shape(x.shape)) * item
+    out["params_bytes_total"] += whole
+    out["params_bytes_per_chip"] += mine
+    if mine < whole:
+      out["split_params_bytes_total"] += whole
+      out["split_params_bytes_per_chip"] += mine
+  return out
+
+
+def _resharded(compiled, built: BuiltStep) -> list[str]:
+  """Paths of state leaves whose output sharding differs from their input sharding."""
+  if built.state_in is None:
+    return []
+  outs = compiled.output_shardings[0]
+  ins = compiled.input_shardings[0][0]
+  flat_in = jax.tree_util.tree_flatten_with_path(ins)[0]
+  flat_out = jax.tree.leaves(outs)
+  flat_args = jax.tree.leaves(built.args[0])
+  bad = []
+  for (path, s_in), s_out, arg in zip(flat_in, flat_out, flat_args):
+    if not s_in.is_equivalent_to(s_out, len(arg.shape)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
+
+
+def compile_one(built: BuiltStep, mesh) -> dict:
+  """Lowers and compiles one step; returns its per-chip memory, FLOPs and timings."""
+  t0 = time.time()
+  with partitioning.sharding_context(mesh, partitioning.DEFAULT_RULES):
+    lowered = built.jitted.lower(*built.args)
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # XLA refuses a program that does not fit the chip
+    text = str(e)
+    m = _OOM.search(text)
+    if "RESOURCE_EXHAUSTED" not in text and m is None:
+      raise
+    out = {"compile_seconds": round(time.time() - t0, 1), "fits": False,
+           "error": text.strip().splitlines()[0][:300]}
+    if m:
+      out["total_bytes"] = int(float(m.group(1)) * _UNITS[m.group(2)])
+    return out
+  seconds = time.time() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  resharded = _resharded(compiled, built)
+  return {
+      "argument_bytes": int(mem.argument_size_in_bytes),
+      "output_bytes": int(mem.output_size_in_bytes),
+      "alias_bytes": int(mem.alias_size_in_bytes),
+      "temp_bytes": int(mem.temp_size_in_bytes),
+      "code_bytes": int(mem.generated_code_size_in_bytes),
+      "total_bytes": int(total),
+      "flops_per_chip_raw": float(cost.get("flops", 0.0)) if cost else 0.0,
+      **_param_bytes(built.params_abstract, built.params_shardings),
+      "resharded_outputs": len(resharded),
+      "resharded_examples": resharded[:5],
+      "compile_seconds": round(seconds, 1),
+  }
+
+
+def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh,
+           scanned_flops: float) -> float:
+  """FLOPs per chip with every scanned layer counted, from one extra unscanned compile.
+
+  The scanned step counts `rest + enc_layer + dec_layer` (each loop body
+  once); the same step unscanned with 2 encoder and 2 decoder layers counts
+  `rest + 2 enc_layer + 2 dec_layer`. Their difference is one layer of each,
+  extrapolated to the real depths (3 compiles in all when the depths differ).
+  """
+
+  def unscanned(enc: int, dec: int) -> float:
+    shallow = config.replace(scan_layers=False, num_layers=enc, num_decoder_layers=dec)
+    built = built_fn(shallow)
+    with partitioning.sharding_context(mesh, partitioning.DEFAULT_RULES):
+      compiled = built.jitted.lower(*built.args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+  n_enc, n_dec = config.num_layers, config.num_decoder_layers
+  if n_enc == n_dec:
+    return scanned_flops + (n_enc - 1) * (unscanned(2, 2) - scanned_flops)
+  enc_layer = unscanned(2, 1) - scanned_flops
+  dec_layer = unscanned(1, 2) - scanned_flops
+  return scanned_flops + (n_enc - 1) * enc_layer + (n_dec - 1) * dec_layer
+
+
+# --- Settings from the stages' gin bindings -------------------------------------------
+
+
+def stage_settings(fn: Callable) -> dict:
+  """A stage function's keyword arguments as gin would call it (defaults + bindings)."""
+  defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  # Unbound config objects: built now, so `MeshConfig.x = ...` bindings apply
+  # (a signature default was built at import, before any gin file was read).
+  defaults.update(mesh=stages.MeshConfig(), data=stages.DataConfig())
+  return {**defaults, **gin.get_bindings(fn)}
+
+
+def resolve_model_config(model_size: Optional[str], multitask: dict) -> T5Config:
+  """The architecture: `model_size` (preset or config.json), else the stage's own source.
+
+  Numerics (dtype, param_dtype, scan_layers, remat, dropout) always come from
+  `train_multitask.model_config` when it is set, as in the real stage.
+  """
+  config = multitask.get("model_config")
+  numerics = {f: getattr(config, f) for f in stages._NUMERICS} if config else {}  # pylint: disable=protected-access
+  if model_size:
+    return preset_config(model_size, **numerics)
+  hf = multitask.get("hf_checkpoint")
+  if hf:
+    return preset_config(hf, **numerics)  # only its config.json is read
+  if config is None:
+    raise stages.StageError("compile needs an architecture: set compile_steps.model_size to "
+                            "a preset or a config.json, or train_multitask.model_config")
+  return config
+
+
+def _n_tasks(n_tasks: Optional[int], mixture: str) -> int:
+  if n_tasks is not None:
+    return int(n_tasks)
+  from mhr_jax.experiment import data as stage_data  # pylint: disable=g-import-not-at-top
+  try:
+    return len(stage_data.task_id_table(mixture))
+  except Exception as e:  # pylint: disable=broad-except
+    raise stages.StageError(f"cannot count the tasks of mixture {mixture!r} without its data "
+                            f"({type(e).__name__}); set compile_steps.n_tasks") from None
+
+
+def _mesh_for(stage: dict, topology: Optional[str]):
+  mesh_config = stage.get("mesh") or stages.MeshConfig()
+  topology = topology or mesh_config.topology
+  if not topology:
+    raise stages.StageError("compile needs a TPU topology: set MeshConfig.topology (or "
+                            f"compile_steps.topology), e.g. 'v5e:2x4'; valid chips: "
+                            f"{sorted(chips.CHIPS)}")
+  # 'local': this host's own devices (e.g. GPUs), compiled for as they are.
+  devices = jax.devices() if topology == "local" else abstract_devices(topology)
+  try:
+    mesh = partitioning.make_mesh(mesh_config.data, mesh_config.model, devices=devices)
+  except ValueError as e:
+    raise stages.StageError(f"topology {topology!r}: {e}") from None
+  return topology, mesh
+
+
+# --- The stage ------------------------------------------------------------------------
+
+
+@gin.configurable(denylist=["output_dir"])
+def compile_steps(output_dir: str, *, topology: Optional[str] = None,
+                  model_size: Optional[str] = None, n_tasks: Optional[int] = None,
+                  steps: Sequence[str] = STEPS, correct_flops: bool = True,
+                  fail_if_too_big: bool = True) -> dict:
+  """Compiles every step of the stages for `topology`; writes compile_report.{json,md}.
+
+  Args:
+    output_dir: the report goes to `output_dir/compile/`.
+    topology: a TPU slice ('v5e:2x4'), or 'local' for this host's own devices
+      (a GPU host); default `MeshConfig.topology`.
+    model_size: a `presets.SIZE_PRESETS` name or a config.json path; default:
+      `train_multitask.hf_checkpoint`'s config.json, else `train_multitask.model_config`.
+    n_tasks: routing rows of the multi-task stage; default: counted from the
+      mixture (needs its data).
+    steps: a subset of `STEPS`.
+    correct_flops: count every scanned layer's FLOPs (one extra, shallow compile a step).
+    fail_if_too_big: raise (one line) when a step does not fit the chip.
+  Returns:
+    The report: {'topology', 'mesh', 'chip', 'steps': {name: {...}}}.
+  """
+  unknown = sorted(set(steps) - set(STEPS))
+  if unknown:
+    raise stages.StageError(f"unknown compile step(s) {unknown}; valid choices: {list(STEPS)}")
+  mt = stage_settings(stages.train_multitask)
+  ad = stage_settings(stages.adapt_heldout)
+  topology, mesh = _mesh_for(mt, topology)
+  try:
+    chip = (chips.chip_of_device(mesh.devices.flat[0]) if topology == "local"
+            else chips.chip_of_topology(topology))
+  except ValueError as e:
+    raise stages.StageError(str(e)) from None
+  config = resolve_model_config(model_size, mt)
+  tasks = _n_tasks(n_tasks, mt["mixture"])
+  mt_adapter = methods.multitask_adapter_config(mt["method"], mt.get("adapter_config")
+                                                or AdapterConfig(), n_tasks=tasks)
+  ad_adapter = _adapt_adapter(ad["method"], mt_adapter, config, ad.get("adapter_config"))
+  mt_data, ad_data = mt["data"], ad["data"]
+
+  builders = {
+      "multitask_train": lambda c: build_train_step(
+          T5(c, adapter=mt_adapter), mt["method"], "multitask", mt["optimizer"], mt["steps"],
+          mt["train_backbone"], mt_data.batch_size, mt_data.input_length,
+          mt_data.target_length, mesh, single_task=False),
+      "adapt_train": lambda c: build_train_step(
+          T5(c, adapter=ad_adapter), ad["method"], "adapt", ad["optimizer"], ad["steps"],
+          False, ad_data.batch_size, ad_data.input_length, ad_data.target_length, mesh,
+          single_task=True),
+      "score": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "score",
+                                         ad_data.eval_batch_size, ad_data.input_length,
+                                         ad_data.target_length, mesh),
+      "decode": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "decode",
+                                          ad_data.eval_batch_size, ad_data.input_length,
+                                          ad_data.target_length, mesh),
+  }
+  mesh_shape = dict(mesh.shape)
+  report = {"topology": topology, "mesh": mesh_shape, "chip": chip.name,
+            "hbm_bytes_per_chip": chip.hbm_bytes, "peak_bf16_flops_per_chip": chip.peak_bf16_flops,
+            "model": {k: getattr(config, k) for k in ("vocab_size", "d_model", "num_heads", "d_kv",
+                                                      "d_ff", "num_layers", "num_decoder_layers",
+                                                      "dtype", "param_dtype", "scan_layers",
+                                                      "remat")},
+            "multitask_method": mt["method"], "adapt_method": ad["method"], "n_tasks": tasks,
+            "adapter_param_dtype": mt_adapter.param_dtype if mt_adapter else None,
+            "steps": {}}
+  stage_dir = os.path.join(output_dir, "compile")
+  os.makedirs(stage_dir, exist_ok=True)
+
+  def write() -> str:  # after every compile: a long run keeps what it measured
+    write_atomic(os.path.join(stage_dir, "compile_report.json"), json.dumps(report, indent=1))
+    table = markdown_report(report)
+    write_atomic(os.path.join(stage_dir, "compile_report.md"), table)
+    return table
+
+  for name in steps:
+    log.info("compile: %s for %s mesh %s", name, topology, mesh_shape)
+    result = compile_one(builders[name](config), mesh)
+    if result.get("fits", True):
+      result["fits"] = result["total_bytes"] <= chip.hbm_bytes
+      result["flops_per_chip"] = result["flops_per_chip_raw"]
+      result["flops_counted"] = "all layers" if not config.scan_layers else "one layer per stack"
+    report["steps"][name] = result
+    log.info("compile: %s %s", name, _short(result))
+    write()
+  too_big = [(n, r) for n, r in report["steps"].items() if not r["fits"]]
+  if too_big and fail_if_too_big:
+    name, r = too_big[0]
+    need = f"{r['total_bytes'] / GiB:.2f} GiB" if "total_bytes" in r else "more"
+    raise DoesNotFit(f"step {name} does not fit {topology} with mesh {mesh_shape}: needs {need} "
+                     f"per chip, {chip.name} has {chip.hbm_bytes / GiB:.0f} GiB "
+                     f"(report: {stage_dir}/compile_report.md)")
+  # FLOPs of scanned layers: a second pass, so the memory numbers come first.
+  for name, result in report["steps"].items():
+    if correct_flops and config.scan_layers and result["fits"]:
+      result["flops_per_chip"] = _flops(builders[name], config, mesh, result["flops_per_chip_raw"])
+      result["flops_counted"] = "all layers"
+      write()
+  for result in report["steps"].values():
+    if "flops_per_chip" in result:
+      result["step_seconds_at_peak"] = result["flops_per_chip"] / chip.peak_bf16_flops
+  print("\n" + write())
+  return report
+
+
+def _adapt_adapter(method: str, mt_adapter, config: T5Config, base) -> Optional[AdapterConfig]:
+  """The adapter the adapt stage builds from the multi-task one (shapes only)."""
+  captured = {}
+
+  def build(params):
+    captured["adapter"], out = methods.init_adaptation_params(method, params, mt_adapter,
+                                                              base_config=base)
+    return out
+
+  mt_params = jax.eval_shape(lambda k: nn.meta.unbox(_init_fn(T5(config, adapter=mt_adapter))(k)),
+                             jax.random.PRNGKey(0))
+  jax.eval_shape(build, mt_params)
+  return captured["adapter"]
+
+
+def _short(r: dict) -> str:
+  if "argument_bytes" not in r:
+    return f"does not fit: {r.get('error', '')}"
+  return (f"total {r['total_bytes'] / GiB:.2f} GiB/chip (args {r['argument_bytes'] / GiB:.2f}, "
+          f"temp {r['temp_bytes'] / GiB:.2f}), {r.get('flops_per_chip', 0):.3g} FLOPs/chip, "
+          f"compiled in {r['compile_seconds']} s")
+
+
+def markdown_report(report: dict) -> str:
+  """One row per step: per-chip bytes (GiB), fit, FLOPs, step time at peak, compile time."""
+  mesh = " x ".join(f"{k} {v}" for k, v in report["mesh"].items())
+  hbm = report["hbm_bytes_per_chip"] / GiB
+  lines = [f"### {report['topology']} ({report['chip']}), mesh {mesh}",
+           "",
+           f"Model d_model {report['model']['d_model']}, {report['model']['num_layers']}+"
+           f"{report['model']['num_decoder_layers']} layers, params {report['model']['param_dtype']}"
+           f" (adapters {report['adapter_param_dtype']}), activations {report['model']['dtype']};"
+           f" {report['multitask_method']} over {report['n_tasks']} tasks, adapt "
+           f"{report['adapt_method']}. GiB per chip; HBM {hbm:.0f} GiB; step time at the peak "
+           f"{report['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s bf16 per chip.",
+           "",
+           "| step | params | args | output | alias | temp | total | fits | TFLOPs/chip | "
+           "s at peak | resharded | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  g = lambda b: f"{b / GiB:.2f}"
+  for name, r in report["steps"].items():
+    if "argument_bytes" not in r:
+      total = g(r["total_bytes"]) if "total_bytes" in r else "?"
+      lines.append(f"| {name} | | | | | | {total} | **no** (compiler: out of memory) | | | | "
+                   f"{r['compile_seconds']} |")
+      continue
+    lines.append(
+        f"| {name} | {g(r['params_bytes_per_chip'])} of {g(r['params_bytes_total'])} | "
+        f"{g(r['argument_bytes'])} | {g(r['output_bytes'])} | {g(r['alias_bytes'])} | "
+        f"{g(r['temp_bytes'])} | {g(r['total_bytes'])} | {'yes' if r['fits'] else '**no**'} | "
+        f"{r['flops_per_chip'] / 1e12:.3g}{'' if r['flops_counted'] == 'all layers' else '*'} | "
+        f"{r.get('step_seconds_at_peak', float('nan')):.3g} | "
+        f"{r['resharded_outputs']} | {r['compile_seconds']} |")
+  if any(r.get("flops_counted", "all layers") != "all layers" for r in report["steps"].values()):
+    lines += ["", "\\* scanned layers counted once (FLOPs correction off)."]
+  if "decode" in report["steps"]:
+    lines += ["", "decode: the token loop's body is counted once (one generated token)."]
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Runs the `compile` stage over slices x meshes, one at a time, and tabulates the results.
+
+  python scripts/scaling_table.py run  results/scaling.json 3b:v5e:2x4:2x4 11b:v5e:4x4:4x4
+  python scripts/scaling_table.py table results/scaling.json > table.md
+  python scripts/scaling_table.py resident results/resident.json 3b:v5e:2x4:8x1:f32 ...
+
+A case is `size:topology:data x model`, size 3b | 11b (configs/experiments/
+t0_3b.gin, with `compile_steps.model_size` t0_3b / t0pp_11b); append
+`:f32` to store the frozen backbone in float32 (before the bf16 fix), `:noflops`
+to skip the FLOPs extrapolation (one extra compile a step), `:all` to add the
+decode step to multitask_train, adapt_train and score. Each case is a
+separate `nice run.py` process (the compile of a 3B step takes minutes and
+several GB); finished cases are kept in the JSON, so the script resumes.
+`resident` computes, without compiling, the per-chip bytes of the train steps'
+arguments (parameters, optimizer state, batch) from their shardings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {"3b": "t0_3b", "11b": "t0pp_11b"}
+GiB = 1024 ** 3
+
+
+def _available_gib() -> float:
+  with open("/proc/meminfo") as f:
+    info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+  return info["MemAvailable"] / 1024 ** 2
+
+
+def run_case(case: str, out_root: str) -> dict:
+  size, chip, shape, mesh, *flags = case.split(":")
+  data, model = mesh.split("x")
+  out = os.path.join(out_root, case.replace(":", "_"))
+  args = [sys.executable, os.path.join(ROOT, "run.py"),
+          "--gin_file=configs/experiments/t0_3b.gin", "--gin.run.stage=compile",
+          f"--gin.run.output_dir={out}", f"--gin.MeshConfig.topology={chip}:{shape}",
+          f"--gin.MeshConfig.data={data}", f"--gin.MeshConfig.model={model}",
+          f"--gin.compile_steps.model_size={SIZES[size]}",
+          "--gin.compile_steps.fail_if_too_big=False"]
+  if "all" not in flags:  # the decode step too with ':all'
+    args.append("--gin.compile_steps.steps=['multitask_train','adapt_train','score']")
+  if "f32" in flags:
+    args.append("--gin.mhr_jax.T5Config.param_dtype=float32")
+  if "noflops" in flags:
+    args.append("--gin.compile_steps.correct_flops=False")
+  t0 = time.time()
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  proc = subprocess.run(["nice", *args], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  record = {"case": case, "returncode": proc.returncode, "wall_seconds": round(time.time() - t0),
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime
+                                 - before.ru_stime),
+            "max_rss_gib": round(after.ru_maxrss / 1024 ** 2, 2)}
+  report = os.path.join(out, "compile", "compile_report.json")
+  if os.path.exists(report):  # written after every compile, so partial on a failure
+    with open(report) as f:
+      record["report"] = json.load(f)
+  if proc.returncode != 0:
+    record["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:400]
+  return record
+
+
+def cmd_run(path: str, cases: list[str]) -> None:
+  results = json.load(open(path)) if os.path.exists(path) else {}
+  for case in cases:
+    if case in results and "report" in results[case]:
+      continue
+    while _available_gib() < 7:
+      time.sleep(30)  # other jobs share the machine
+    print(f"{time.strftime('%H:%M:%S')} {case} ...", flush=True)
+    results[case] = run_case(case, os.path.join(os.path.dirname(path) or ".", "scaling_runs"))
+    r = results[case]
+    print(f"  rc {r['returncode']}, {r['wall_seconds']} s wall, {r['cpu_seconds']} s cpu, "
+          f"{r['max_rss_gib']} GiB rss {r.get('error', '')}", flush=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def cmd_table(path: str) -> None:
+  results = json.load(open(path))
+  print("| model | slice | mesh (data x model) | backbone | step | params/chip GiB | "
+        "total/chip GiB | fits | TFLOPs/chip | s/step at peak | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for case, r in results.items():
+    size, chip, shape, mesh, *flags = case.split(":")
+    if "report" not in r:
+      print(f"| {size} | {chip}:{shape} | {mesh} | | (failed: {r.get('error', '')}) |"
+            " | | | | | |")
+      continue
+    rep = r["report"]
+    backbone = rep["model"]["param_dtype"]
+    for name, s in rep["steps"].items():
+      total = f"{s['total_bytes'] / GiB:.2f}" if "total_bytes" in s else "?"
+      params = f"{s['params_bytes_per_chip'] / GiB:.2f}" if "params_bytes_per_chip" in s else ""
+      flops = (f"{s['flops_per_chip'] / 1e12:.1f}" if "flops_per_chip" in s
+               and "noflops" not in flags else "")
+      secs = (f"{s['step_seconds_at_peak']:.2f}" if "step_seconds_at_peak" in s
+              and "noflops" not in flags else "")
+      print(f"| {SIZES[size]} | {chip}:{shape} | {mesh} | {backbone} | {name} | {params} | "
+            f"{total} | {'yes' if s['fits'] else '**no**'} | {flops} | {secs} | "
+            f"{s['compile_seconds']} |")
+
+
+def cmd_resident(path: str, cases: list[str]) -> None:
+  """Per-chip bytes of the train steps' arguments (state + batch) from the shardings alone."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, ROOT)
+  import gin  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import compile as compile_stage, pipeline, stages  # pylint: disable=g-import-not-at-top,unused-import
+  from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
+  from mhr_jax.models import T5  # pylint: disable=g-import-not-at-top
+  out = {}
+  for case in cases:
+    size, chip, shape, mesh, *flags = case.split(":")
+    data, model = mesh.split("x")
+    gin.clear_config()
+    gin_cli.parse([os.path.join(ROOT, "configs/experiments/t0_3b.gin")], [
+        f"mhr_jax.MeshConfig.topology = '{chip}:{shape}'", f"mhr_jax.MeshConfig.data = {data}",
+        f"mhr_jax.MeshConfig.model = {model}", f"compile_steps.model_size = '{SIZES[size]}'"]
+        + (["mhr_jax.T5Config.param_dtype = 'float32'"] if "f32" in flags else []),
+        [os.path.join(ROOT, "configs"), ROOT])
+    mt = compile_stage.stage_settings(stages.train_multitask)
+    ad = compile_stage.stage_settings(stages.adapt_heldout)
+    _, mesh_ = compile_stage._mesh_for(mt, None)  # pylint: disable=protected-access
+    config = compile_stage.resolve_model_config(SIZES[size], mt)
+    mt_adapter = methods.multitask_adapter_config(mt["method"], mt["adapter_config"],
+                                                  n_tasks=gin.query_parameter("compile_steps.n_tasks"))
+    ad_adapter = compile_stage._adapt_adapter(ad["method"], mt_adapter, config, None)  # pylint: disable=protected-access
+    out[case] = {}
+    for name, stage, cfg, adapter in (("multitask_train", mt, "multitask", mt_adapter),
+                                      ("adapt_train", ad, "adapt", ad_adapter)):
+      built = compile_stage.build_train_step(
+          T5(config, adapter=adapter), stage["method"], cfg, stage["optimizer"], stage["steps"],
+          False, stage["data"].batch_size, stage["data"].input_length,
+          stage["data"].target_length, mesh_, single_task=cfg == "adapt")
+      args = jax.tree.leaves(built.args)
+      out[case][name] = {
+          "state_and_batch_bytes_per_chip": sum(
+              int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+              for a in args),
+          **compile_stage._param_bytes(built.params_abstract, built.params_shardings)}  # pylint: disable=protected-access
+    print(case, {k: round(v["state_and_batch_bytes_per_chip"] / GiB, 2)
+                 for k, v in out[case].items()}, flush=True)
+  with open(path, "w") as f:
+    json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) < 3 or sys.argv[1] not in ("run", "table", "resident"):
+    print(__doc__, file=sys.stderr)
+    sys.exit(2)
+  if sys.argv[1] == "run":
+    cmd_run(sys.argv[2], sys.argv[3:])
+  elif sys.argv[1] == "resident":
+    cmd_resident(sys.argv[2], sys.argv[3:])
+  else:
+    cmd_table(sys.argv[2])
