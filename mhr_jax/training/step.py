@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional
 
+import flax
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,22 +31,27 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
                      deterministic=deterministic, single_task=single_task, rngs=rngs)
 
 
+@gin.configurable(module="mhr_jax", allowlist=["label_smoothing"])
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
                     single_task: bool = False,
-                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None):
+                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+                    label_smoothing: float = 0.0):
   """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`.
+
+  label_smoothing: eps of the training loss (`losses.weighted_cross_entropy`).
 
   With a `SparseRoutingOptimizer` the routing logits are updated row-sparsely
   (see sparse_routing.py); with an optax transformation, densely.
   """
   if isinstance(optimizer, sparse_routing.SparseRoutingOptimizer):
-    return _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn)
+    return _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn,
+                                     label_smoothing)
 
   def loss_fn(trainable, frozen, batch, rng):
     logits = model_logits(model, merge_params(trainable, frozen), batch, deterministic=False,
                           single_task=single_task, rng=rng)
     return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
+                                  batch["decoder_loss_weights"], label_smoothing)
 
   def step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -60,14 +67,15 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
   return step
 
 
-def _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn):
+def _make_sparse_routing_step(model, optimizer, single_task, learning_rate_fn,
+                              label_smoothing=0.0):
   """The train step of `SparseRoutingOptimizer`: the model sees only the batch's routing rows."""
 
   def loss_fn(dense, routing_rows, frozen, batch, rng):
     logits = model_logits(model, merge_params({**dense, **routing_rows}, frozen), batch,
                           deterministic=False, single_task=single_task, rng=rng)
     return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
+                                  batch["decoder_loss_weights"], label_smoothing)
 
   def step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
