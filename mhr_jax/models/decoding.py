@@ -141,23 +141,20 @@ def greedy_decode_no_cache(model, params: Mapping[str, Any], encoder_input_token
 _NEG = -1.0e9
 
 
-def _reorder_self_attention_cache(cache, rows: jax.Array, scan_layers: bool):
-  """Gathers the self-attention keys/values of beam rows `rows` [b * n] (flat indices).
+def _map_self_attention_cache(cache, fn, scan_layers: bool):
+  """Applies fn(leaf, beam_axis) to the self-attention keys/values of the cache.
 
-  Cross-attention keys/values are equal across the beams of one input and
-  beams only move within their input, so they stay put; so do the scalar
-  step counter and positions. Scanned layers stack caches on axis 0, so the
-  beam axis of their keys/values is axis 1.
+  Only they follow the beams: the cross-attention keys/values are per input,
+  and the step counter and positions are scalars/static. Scanned layers stack
+  caches on axis 0, so their beam axis is 1.
   """
   axis = 1 if scan_layers else 0
 
-  def gather(path, leaf):
+  def apply(path, leaf):
     name = getattr(path[-1], "key", None)
-    if name in ("cached_key", "cached_value"):
-      return jnp.take(leaf, rows, axis=axis)
-    return leaf
+    return fn(leaf, axis) if name in ("cached_key", "cached_value") else leaf
 
-  return jax.tree_util.tree_map_with_path(gather, cache)
+  return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def beam_search(model, params: Mapping[str, Any], encoder_input_tokens: jax.Array,
@@ -167,8 +164,8 @@ def beam_search(model, params: Mapping[str, Any], encoder_input_tokens: jax.Arra
   """Beam search, token for token as transformers' `generate(num_beams=n, early_stopping=False)`.
 
   Per input row, `num_beams` running hypotheses extend by one token per step
-  from a shared key/value cache ([b * n] rows, reordered to follow their
-  beams). With s(y) the summed token log-probabilities of hypothesis y:
+  (self-attention caches: [b * n] rows, reordered to follow their beams;
+  cross-attention keys/values: computed once per input, shared by its beams). With s(y) the summed token log-probabilities of hypothesis y:
 
   1. The 2n best candidates (beam, token) by s are taken over all n x v
      continuations; the n best that did not just end (EOS, or the last step)
@@ -212,13 +209,17 @@ def beam_search(model, params: Mapping[str, Any], encoder_input_tokens: jax.Arra
   k = 2 * n  # candidates kept per step: at most n of them end with EOS
   encoded = _encode(model, params, encoder_input_tokens, task_ids, single_task)
   beams = lambda x: jnp.repeat(x, n, axis=0)  # [b, ...] -> [b * n, ...], beams of a row together
-  enc_tokens = beams(encoder_input_tokens)
-  encoded = beams(encoded)
   beam_task_ids = None if task_ids is None else beams(jnp.asarray(task_ids, jnp.int32))
-  cache = _init_cache(model, params, encoded, enc_tokens, length, beam_task_ids, single_task)
+  scan_layers = bool(getattr(model.config, "scan_layers", False))
+  # Caches made per input: the cross-attention keys/values stay [b, ...] (the
+  # beams' queries attend to them as groups of n rows); the self-attention
+  # caches (zeros) widen to one row per beam.
+  cache = _init_cache(model, params, encoded, encoder_input_tokens, length, task_ids,
+                      single_task)
+  cache = _map_self_attention_cache(
+      cache, lambda leaf, axis: jnp.repeat(leaf, n, axis=axis), scan_layers)
   penalty = jnp.asarray(length_penalty, jnp.float32)
   row_offset = (jnp.arange(batch, dtype=jnp.int32) * n)[:, None]  # [b, 1]
-  scan_layers = bool(getattr(model.config, "scan_layers", False))
 
   def gather(x, index):  # x [b, m, ...], index [b, j] -> [b, j, ...]
     index = index.reshape(index.shape + (1,) * (x.ndim - 2))
@@ -230,8 +231,8 @@ def beam_search(model, params: Mapping[str, Any], encoder_input_tokens: jax.Arra
     last = jnp.where(t == 0, _START_ID,
                      jax.lax.dynamic_index_in_dim(running, jnp.maximum(t - 1, 0), axis=2,
                                                   keepdims=False))  # [b, n]
-    logits, cache = _decode_step(model, params, cache, encoded, enc_tokens, last.reshape(-1),
-                                 beam_task_ids, single_task)
+    logits, cache = _decode_step(model, params, cache, encoded, encoder_input_tokens,
+                                 last.reshape(-1), beam_task_ids, single_task)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, n, vocab)
     totals = (log_probs + running_scores[:, :, None]).reshape(batch, n * vocab)
@@ -246,8 +247,9 @@ def beam_search(model, params: Mapping[str, Any], encoder_input_tokens: jax.Arra
     go_on_scores = top_scores + ends.astype(jnp.float32) * _NEG
     keep = jax.lax.top_k(go_on_scores, n)[1]
     running, running_scores = gather(candidates, keep), gather(go_on_scores, keep)
-    cache = _reorder_self_attention_cache(
-        cache, (gather(source_beam, keep) + row_offset).reshape(-1), scan_layers)
+    rows = (gather(source_beam, keep) + row_offset).reshape(-1)  # [b * n] flat beam rows
+    cache = _map_self_attention_cache(
+        cache, lambda leaf, axis: jnp.take(leaf, rows, axis=axis), scan_layers)
 
     # 2. Finished candidates among the n best, merged into the row's n finished.
     just_ended = ends & (jnp.arange(k) < n)[None, :]

@@ -143,6 +143,13 @@ class MultiHeadAttention(nn.Module):
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
         k, v = cached_key.value, cached_value.value
 
+    # Beam search: the n beams of an input (consecutive query rows) share its
+    # cached cross-attention keys/values [b, k, h, d]; they attend as n query
+    # positions of one row, so the cache is stored once per input, not per beam.
+    groups = q.shape[0] // k.shape[0]
+    query_rows, q_len = q.shape[0], q.shape[1]
+    if groups > 1:
+      q = q.reshape((k.shape[0], groups * q_len) + q.shape[2:])
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
@@ -150,7 +157,7 @@ class MultiHeadAttention(nn.Module):
     if not self.deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
-    out = out.reshape(out.shape[:2] + (inner,))
+    out = out.reshape((query_rows, q_len, inner))
     return dense("out", inputs_q.shape[-1], ("joined_kv", "embed"))(out, adapter_inputs)
 
 
