@@ -91,8 +91,9 @@ def _jax_worker(directory: str, size: dict, mode: str, calls: int) -> dict:
   out = np.asarray(fn(params, enc))
   compile_s = time.perf_counter() - t
   walls, cpus = _time_calls(lambda: fn(params, enc).block_until_ready(), calls)
+  # No EOS: the loops run `length` steps (token 0 is an ordinary output here).
   return {"wall_s": walls, "cpu_s": cpus, "first_call_s": compile_s,
-          "generated": int((out != 0).sum(axis=1).min())}
+          "generated": int(out.shape[1]), "first_row": out[0].tolist()}
 
 
 def _hf_worker(directory: str, size: dict, mode: str, calls: int, threads: int) -> dict:
@@ -115,7 +116,7 @@ def _hf_worker(directory: str, size: dict, mode: str, calls: int, threads: int) 
   out = call()  # warm-up
   walls, cpus = _time_calls(call, calls)
   return {"wall_s": walls, "cpu_s": cpus, "generated": int(out.shape[1] - 1),
-          "torch_threads": torch.get_num_threads()}
+          "first_row": out[0, 1:].tolist(), "torch_threads": torch.get_num_threads()}
 
 
 def _median(xs):
@@ -183,6 +184,8 @@ def main():
                 "tokens_per_cpu_s": tokens / max(cpu, 1e-9)}
       if f == "jax":
         row[f]["compile_s"] = _median([x["first_call_s"] for x in r])
+    # Same model, same input: the decoded tokens agree (a check that both did the same work).
+    row["same_first_row"] = runs[(m, "jax")][0]["first_row"] == runs[(m, "hf")][0]["first_row"]
     row["ratio_tokens_per_s"] = row["jax"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
     row["ratio_tokens_per_cpu_s"] = row["jax"]["tokens_per_cpu_s"] / row["hf"]["tokens_per_cpu_s"]
     results[m] = row
@@ -196,10 +199,12 @@ def main():
   name = args.out if size_name == "full" else args.out.replace(".json", f"_{size_name}.json")
   path = common.write_json(name, payload)
   rows = [[m, f"{r['jax']['tokens_per_s']:.1f}", f"{r['hf']['tokens_per_s']:.1f}",
-           f"{r['ratio_tokens_per_s']:.2f}", f"{r['ratio_tokens_per_cpu_s']:.2f}"]
-          for m, r in results.items()]
+           f"{r['ratio_tokens_per_s']:.2f}", f"{r['jax']['tokens_per_cpu_s']:.1f}",
+           f"{r['hf']['tokens_per_cpu_s']:.1f}", f"{r['ratio_tokens_per_cpu_s']:.2f}",
+           r["same_first_row"]] for m, r in results.items()]
   print(common.table(rows, ["mode", "mhr_jax tok/s", "HF tok/s", "ratio (wall)",
-                            "ratio (CPU time)"]))
+                            "mhr_jax tok/CPU-s", "HF tok/CPU-s", "ratio (CPU time)",
+                            "same tokens"]))
   print(f"wrote {path}")
 
 
