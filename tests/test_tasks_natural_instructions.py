@@ -59,7 +59,7 @@ def test_training_tasks_keep_a_seeded_draw_of_instances(ni_dir):
   assert train != [ni.format_prompt({"Definition": ["Do the alpha thing."]}, f"alpha input {i}")
                    for i in range(TRAIN_INSTANCES)]  # a draw, not the first ones
   ni.load_splits.cache_clear()
-  registry._RECORDS.clear()  # pylint: disable=protected-access
+  registry.clear_record_cache()
   assert [r["inputs"] for r in registry.formatted_records("ni_task001_alpha", "train")] == train
   beta = registry.formatted_records("ni_task002_beta", "train")
   assert len(beta) == TRAIN_INSTANCES and beta[0]["targets"] == beta[0]["answers"][0]

@@ -42,7 +42,7 @@ def _check_lengths(targets: Sequence, predictions: Sequence) -> None:
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
 
 
-def _scored_references(targets: Sequence[Reference], reference: str,
+def scored_references(targets: Sequence[Reference], reference: str,
                        seed: int = 0) -> list[list[str]]:
   """The references each example is scored against under `reference`."""
   if reference not in REFERENCE_CHOICES:
@@ -59,7 +59,7 @@ def _mean_best(score, targets: Sequence[Reference], predictions: Sequence[str],
   _check_lengths(targets, predictions)
   if not predictions:
     return float("nan")
-  refs = _scored_references(targets, reference, seed)
+  refs = scored_references(targets, reference, seed)
   return 100.0 * float(np.mean([max(score(r, p) for r in rs)
                                 for rs, p in zip(refs, predictions)]))
 
