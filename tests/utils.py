@@ -150,20 +150,30 @@ MICRO = [
 def record_evaluations(monkeypatch) -> list[dict[str, float]]:
   """A list that receives, per generation or multiple-choice evaluation, its metrics
   recomputed from the predictions (or choice scores) the evaluator made: exact
-  match by string comparison, Rouge-L by `rouge_score`, accuracy by argmax.
+  match by string comparison (after the SNI normalisation when the config asks
+  for it), Rouge-L by `rouge_score` with the Porter stemmer, accuracy by argmax.
+  The references scored are the configured ones (`generation_metrics.reference`).
   """
+  import string  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
-  from mhr_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation import evaluator, metrics  # pylint: disable=g-import-not-at-top
   recorded = []
   generate, score_choices = evaluator.generate_predictions, evaluator.choice_scores
-  scorer = rouge_scorer.RougeScorer(["rougeL"])
+  scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
   def recording_generate(decode, vocab, examples, *args, **kwargs):
     preds = generate(decode, vocab, examples, *args, **kwargs)
-    refs = [[ex["targets"]] if isinstance(ex["targets"], str) else list(ex["targets"])
-            for ex in examples]
+    bound = gin.get_bindings("mhr_jax.generation_metrics")
+    refs = metrics.scored_references([ex["targets"] for ex in examples],
+                                     bound.get("reference", "max"), bound.get("seed", 0))
+    if bound.get("normalize", False):
+      norm = lambda t: " ".join("".join(c for c in t.lower()
+                                        if c not in string.punctuation).split())
+    else:
+      norm = str.strip
     recorded.append({
-        "exact_match": 100 * np.mean([any(p.strip() == t.strip() for t in ts)
+        "exact_match": 100 * np.mean([any(norm(p) == norm(t) for t in ts)
                                       for ts, p in zip(refs, preds)]),
         "rouge_l": 100 * np.mean([max(scorer.score(t, p)["rougeL"].fmeasure for t in ts)
                                   for ts, p in zip(refs, preds)])})
