@@ -28,11 +28,11 @@ MICRO = [
     "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
     "train_multitask.log_every = 1", "train_multitask.show_progress = False",
     "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
-    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
+    "adapt_heldout.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
     "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
     "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
-    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-    "mu_zero_shot.max_eval_examples = 4",
+    "mu_zero_shot.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
+    "mu_zero_shot.max_eval_examples = 4", "evaluate_checkpoint.max_eval_examples = 2",
 ]
 METHOD_FILES = sorted(glob.glob(os.path.join(CONFIGS, "methods", "*.gin")))
 
@@ -105,9 +105,9 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
       assert [h["step"] for h in json.load(f)] == [1, 2]  # trained on the training mixture
     with open(os.path.join(stage_dir, "results.json")) as f:
       records = json.load(f)["records"]
-    assert [r["task"] for r in records] == ["synthetic_caesar_then_uppercase"]
+    assert [r["task"] for r in records] == ["synthetic_up_def_then_up_mno_then_up_pqr"]
   # synthetic.gin: adapters adapt at 1e-2, full fine-tuning at 1e-3 (learning_rate_by_method).
-  assert rates == ([3e-3] + [1e-3 if m == "full" else 1e-2 for m in names] +
+  assert rates == ([1e-2] + [1e-3 if m == "full" else 1e-2 for m in names] +
                    [1e-3] * len(zero_shot))  # mu_zero_shot's default optimizer
   for method in names:
     with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
@@ -121,6 +121,10 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   assert os.listdir(os.path.join(out, "multitask", "tensorboard"))
   routed = multitask_method in ("poly", "mhr")
   assert os.path.exists(os.path.join(out, "multitask", "routing.png")) == routed
+  # The summary reports the training tasks and, for routed methods, routing recovery.
+  assert "Training tasks after multi-task pre-training" in summary
+  assert ("Routing recovery" in summary) == routed
+  assert os.path.exists(os.path.join(out, "multitask", "routing_recovery.png")) == routed
   if multitask_method == "mhr":  # the eval stage restores the Orbax checkpoint
     with gin.unlock_config():
       gin.bind_parameter("evaluate_checkpoint.max_eval_examples", 2)
