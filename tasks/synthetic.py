@@ -66,10 +66,12 @@ class SyntheticSpec:
   """Size and seed of the synthetic family.
 
   Defaults: 24 training + 8 held-out tasks, each a set of 3 of the 8 skills,
-  on strings of 5 distinct letters (inputs and targets 6 byte tokens with
-  EOS). One length and no repeated letter make the copy that every task
-  shares easy to align for a tiny T5 trained from scratch, so training
-  spends its steps on the skills.
+  on strings of 5 distinct letters in alphabetical order (inputs and targets
+  6 byte tokens with EOS). T5's cross-attention carries no position, and a
+  tiny T5 trained from scratch did not learn to copy random orders in 2,500
+  steps (it emitted the right letters, correctly cased, in a wrong order);
+  in alphabetical order the next output letter follows from the content
+  alone, and the copy every task shares is learned in about 700 steps.
   """
   n_skills_pool: int = 8
   composition_length: int = 3
@@ -84,6 +86,7 @@ class SyntheticSpec:
   fewshot_ks: tuple = (4, 16, 64)
   fewshot_seeds: tuple = (0, 1, 2, 3, 4)
   distinct_letters: bool = True  # no letter twice in one string
+  sorted_letters: bool = True  # letters of an input in alphabetical order
 
   def sequence_length(self) -> dict[str, int]:
     """Byte-token lengths that hold every example (EOS included)."""
@@ -100,7 +103,8 @@ def task_name(composition: tuple[str, ...]) -> str:
 def _random_string(rng: random.Random, spec: SyntheticSpec) -> str:
   n = rng.randint(spec.min_length, spec.max_length)
   if spec.distinct_letters:
-    return "".join(rng.sample(string.ascii_lowercase, n))
+    letters = rng.sample(string.ascii_lowercase, n)
+    return "".join(sorted(letters) if spec.sorted_letters else letters)
   return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
 
 

@@ -49,6 +49,7 @@ def test_registered_targets_are_the_composition_applied_to_the_input():
       assert ex["targets"] == [apply_skills(comp, ex["inputs"])]
       assert ex["inputs"].isalpha() and ex["inputs"].islower()
       assert len(set(ex["inputs"])) == len(ex["inputs"])  # distinct letters
+      assert list(ex["inputs"]) == sorted(ex["inputs"]) or not spec.sorted_letters
 
 
 def test_heldout_skills_seen_in_training_but_never_the_same_combination():
