@@ -29,22 +29,22 @@ from scipy import stats
 from mhr_jax.evaluation.results import write_atomic
 
 
-def routing_rows(params: Mapping, name: str = "routing_logits") -> np.ndarray:
-  """Normalised sigmoid routing of every adapted module, [modules, tasks, heads, skills].
+def routing_rows(params: Mapping) -> np.ndarray:
+  """Evaluation routing weights of every adapted module, [modules, tasks, heads, skills].
 
   Modules scanned with a leading 'layers' axis count one module per layer.
   Raises ValueError when the tree holds no routing logits.
   """
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax import param_tree  # pylint: disable=g-import-not-at-top
+  from mhr_jax.adapters.routing import routing_weights  # pylint: disable=g-import-not-at-top
   mats = []
-  for path, value in sorted(flatten_params(params).items()):
-    if path.split("/")[-1] == name:
-      z = np.asarray(value, np.float64)
+  for path, value in sorted(param_tree.flatten(params).items()):
+    if param_tree.is_routing_path(path):
+      z = np.asarray(value, np.float32)
       z = z.reshape((-1,) + z.shape[-3:])
-      w = 1.0 / (1.0 + np.exp(-z))
-      mats.append(w / (w.sum(-1, keepdims=True) + 1e-12))
+      mats.append(np.asarray(routing_weights(z, deterministic=True), np.float64))
   if not mats:
-    raise ValueError(f"no parameter named {name!r} in the tree: is the model routed?")
+    raise ValueError("no parameter named 'routing_logits' in the tree: is the model routed?")
   return np.concatenate(mats, axis=0)
 
 
