@@ -96,12 +96,15 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   assert rates == ([1e-2] + [1e-3 if m == "full" else 1e-2 for m in names] +
                    [1e-3] * len(zero_shot))  # mu_zero_shot's default optimizer
   # Every reported score is the one recomputed independently from the predictions
-  # made (the adaptations in order, then the zero-shot runs).
+  # made (the training tasks of the multi-task checkpoint, the adaptations in order, then
+  # the zero-shot runs).
   records = []
-  for stage_dir in [f"adapt_{m}" for m in names] + [f"zero_shot_{m}" for m in zero_shot]:
+  for stage_dir in (["eval"] + [f"adapt_{m}" for m in names] +
+                    [f"zero_shot_{m}" for m in zero_shot]):
     with open(os.path.join(out, stage_dir, "results.json")) as f:
       records += json.load(f)["records"]
-  assert [r["seed"] for r in records[:2 * len(names)]] == [0, 1] * len(names)
+  assert len(records[:24]) == 24 and {r["seed"] for r in records[:24]} == {0}  # training tasks
+  assert [r["seed"] for r in records[24:24 + 2 * len(names)]] == [0, 1] * len(names)
   assert len(evaluations) == len(records)
   for r, expected in zip(records, evaluations):
     assert {m: r[m] for m in expected} == pytest.approx(expected)
