@@ -139,11 +139,11 @@ MICRO = [
     "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
     "train_multitask.log_every = 1", "train_multitask.show_progress = False",
     "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
-    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
+    "adapt_heldout.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
     "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
     "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
-    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-    "mu_zero_shot.max_eval_examples = 4",
+    "mu_zero_shot.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
+    "mu_zero_shot.max_eval_examples = 4", "evaluate_checkpoint.max_eval_examples = 2",
 ]
 
 
