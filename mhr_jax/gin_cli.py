@@ -14,8 +14,10 @@ from typing import Sequence
 
 import gin
 
+from mhr_jax import errors
 
-class GinConfigError(ValueError):
+
+class GinConfigError(errors.ConfigError):
   """A gin file or binding could not be applied; the message names it."""
 
 

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional
 
 import seqio
 
+from mhr_jax import errors
 from mhr_jax.evaluation import metrics
 from tasks import mixtures, registry, sources, splits
 
@@ -109,7 +110,7 @@ def register_natural_instructions(data_dir: Optional[str] = None,
   (rates: training examples, counted lazily, capped at `cap`)."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_dir()))
   if not available(data_dir):
-    raise FileNotFoundError(f"no Super-NaturalInstructions clone at {data_dir!r} (need "
+    raise errors.MissingInputError(f"no Super-NaturalInstructions clone at {data_dir!r} (need "
                             "splits/default/{train,test}_tasks.txt and tasks/*.json); pass "
                             "data_dir or set $MHR_JAX_NI_DIR")
   registry.remove_family(FAMILY)

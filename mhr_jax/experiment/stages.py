@@ -15,7 +15,7 @@ import gin
 import jax
 import numpy as np
 
-from mhr_jax import partitioning
+from mhr_jax import errors, partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
@@ -26,6 +26,7 @@ from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_
 from mhr_jax.experiment import data as stage_data
 from mhr_jax.experiment.model_setup import fill_from, init_params, place_params
 from mhr_jax.models import T5, T5Config
+from mhr_jax.training.checkpointing import StoreCheckpoint, report_saved_checkpoint
 from mhr_jax.training.loop import train_loop
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.training.state import TrainState
@@ -40,7 +41,7 @@ gin.external_configurable(OptimizerConfig, module="mhr_jax")
 STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline")
 
 
-class StageError(ValueError):
+class StageError(errors.ConfigError):
   """An unknown stage or method name; the message lists the valid ones."""
 _NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat", "dropout_rate")
 
@@ -99,24 +100,21 @@ class Trainer:
           show_progress: bool = True):
     """Builds the state (or resumes it from `store`) and trains; returns (state, history)."""
     state = TrainState.create(params, trainable_fn, self.optimizer, jax.random.PRNGKey(seed))
-    if store is not None and store.latest_step() is not None:
-      state, _ = store.restore(target=state)
-      log.info("%s: resumed from step %d", description, int(state.step))
+    ckpt = None
+    if store is not None:  # resume: config check, newest usable step, history
+      ckpt = StoreCheckpoint(store, extra, self.steps, description)
+      state = ckpt.resume(state)
     # The step donates everything but the frozen parameters; copy the trainable
     # ones so the caller's arrays (e.g. the multi-task skills that every task
     # and seed starts from) stay alive.
     state = partitioning.place_on_mesh(state, self.mesh)
     state = state.replace(trainable={k: v.copy() for k, v in state.trainable.items()})
     batches = stage_data.skip(batches, int(state.step))
-    ckpt = None
-    if store is not None:
-      def ckpt(s, step):
-        store.save(step, s, extra or {}, force=step == self.steps)
     state, history = train_loop(
         state, self.step_fn, batches, self.steps,
         put_batch=self._put_batch, writer=writer,
         log_every=log_every, checkpoint_fn=ckpt, description=description,
-        show_progress=show_progress)
+        show_progress=show_progress, history=ckpt.history if ckpt else None)
     if store is not None:
       store.wait_until_finished()
     return state, history
@@ -141,7 +139,7 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   pretrained = None
   if hf_checkpoint:
     if not os.path.isdir(hf_checkpoint):
-      raise FileNotFoundError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
+      raise errors.MissingInputError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
                               "local Hugging Face T5 checkpoint (nothing is downloaded)")
     from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
     # Architecture from the checkpoint; numerics (dtype, scan, remat) from model_config.
@@ -186,10 +184,11 @@ def load_multitask(stage_dir: str):
   """Restores (model_config, adapter_config, params, extra) from a multi-task stage dir."""
   ckpt_dir = os.path.join(stage_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"no multi-task checkpoint under {stage_dir!r} "
+    raise errors.MissingInputError(f"no multi-task checkpoint under {stage_dir!r} "
                             f"(expected {ckpt_dir}); run the 'multitask' stage first")
   store = orbax_store.CheckpointStore(ckpt_dir)
   state, extra = store.restore()
+  report_saved_checkpoint(stage_dir, int(state["step"]), extra)
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
   params = {**state["frozen"], **state["trainable"]}

@@ -19,6 +19,7 @@ from typing import Optional
 
 import seqio
 
+from mhr_jax import errors
 from mhr_jax.evaluation import metrics
 from tasks import mixtures, registry, sources, splits
 from tasks.bigbench.parse import parse_task
@@ -40,7 +41,7 @@ def read_index(cache_dir: Optional[str] = None) -> dict:
   cache_dir = cache_dir or default_cache_dir()
   path = os.path.join(cache_dir, INDEX)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no BIG-bench cache at {cache_dir!r} (missing {INDEX}); run "
+    raise errors.MissingInputError(f"no BIG-bench cache at {cache_dir!r} (missing {INDEX}); run "
                             "`python -m tasks.bigbench prepare --cache_dir DIR` or set "
                             "$MHR_JAX_BIGBENCH_DIR")
   with open(path) as f:
