@@ -89,10 +89,7 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
 
 def first_line(error: BaseException) -> str:
   """The error's own message, without the 'In call to configurable' lines gin appends."""
-  text = str(error).strip()
-  if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
-    text = error.args[0]
-  return text.splitlines()[0] if text else type(error).__name__
+  return errors.one_line(error)
 
 
 def _findable(path: str) -> bool:

@@ -154,17 +154,18 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   adapter = methods.multitask_adapter_config(method, adapter_config or AdapterConfig(),
                                              n_tasks=len(table))
   model = T5(model_config, adapter=adapter)
+  store = orbax_store.CheckpointStore(os.path.join(stage_dir, "checkpoints"),
+                                      save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
+  extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
+           "adapter_config": dataclasses.asdict(adapter) if adapter else None,
+           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
+  StoreCheckpoint(store, extra, steps).check_config()  # before building anything
   mesh_ = mesh.build()
   params = init_params(model, jax.random.PRNGKey(seed), mesh_)
   if pretrained is not None:
     params = fill_from(params, pretrained)
   trainable = methods.trainable_predicate(method, stage="multitask",
                                           train_backbone=train_backbone)
-  store = orbax_store.CheckpointStore(os.path.join(stage_dir, "checkpoints"),
-                                      save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
-  extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
-           "adapter_config": dataclasses.asdict(adapter) if adapter else None,
-           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
   trainer = Trainer(model, optimizer, steps, mesh_, single_task=False)
   state, history = trainer.run(params, trainable, batches, seed=seed,
