@@ -51,6 +51,8 @@ def main(argv: list[str]) -> int:
   from mhr_jax.training import preemption  # pylint: disable=g-import-not-at-top
   with _native_stderr_silenced():  # TensorFlow's C++ start-up lines (CUDA probes)
     import tasks  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")  # TF only feeds data; the devices are JAX's
   from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top  (registers gin)
   # Only the project's own errors are one line (exit 2); anything else is a bug
   # and keeps its traceback. SIGTERM/SIGINT: finish the step, save, exit 143/130.

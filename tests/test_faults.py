@@ -104,9 +104,9 @@ def assert_bit_identical(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def error_lines(proc):
+def error_lines(stderr):
   """stderr lines that are not logging (INFO/WARNING lines carry a timestamp)."""
-  return [l for l in proc.stderr.splitlines() if l.strip() and not l[:2].isdigit()]
+  return [l for l in stderr.splitlines() if l.strip() and not l[:2].isdigit()]
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_sigterm_saves_exits_143_and_rerun_is_bit_identical(env, baseline, tmp_p
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 143, err[-3000:]
-  lines = error_lines(proc)
+  lines = error_lines(err)
   assert len(lines) == 1 and lines[0].startswith("run.py: preempted at step "), err[-3000:]
   assert lines[0].endswith("; checkpoint saved; rerun the same command to resume")
   stopped = int(lines[0].split("step ")[1].split(";")[0])

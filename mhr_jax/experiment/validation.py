@@ -60,11 +60,12 @@ def check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
     raise errors.ConfigError(f"unknown {name} {value!r}{hint}; valid choices: {sorted(valid)}")
 
 
-def _check_task_name(name: str, value: str) -> None:
+def _check_task_name(name: str, value: str, family: bool = False) -> None:
+  """A task or mixture name (or, with family=True, a task family) that the registry knows."""
   import tasks  # pylint: disable=g-import-not-at-top
   from tasks.registry import UnknownNameError  # pylint: disable=g-import-not-at-top
   try:
-    tasks.task_id_table(value)
+    tasks.heldout_tasks(value) if family else tasks.task_id_table(value)
   except UnknownNameError as e:
     raise errors.ConfigError(f"{name}: {errors.one_line(e)}") from None
 
@@ -88,6 +89,10 @@ def _check_stage(fn: Callable, stage_methods: Sequence[str] = ()) -> None:
     _check_task_name("train_multitask.mixture", args.get("mixture"))
   if name == "mu_zero_shot" and args.get("mixture"):
     _check_task_name("mu_zero_shot.mixture", args.get("mixture"))
+  for task in args.get("tasks") or ():
+    _check_task_name(f"{name}.tasks", task)
+  if not args.get("tasks") and args.get("family"):
+    _check_task_name(f"{name}.family", args["family"], family=True)
   seeds = args.get("seeds")
   if seeds is not None:
     if not isinstance(seeds, (list, tuple)) or not seeds or not all(_is_int(s) for s in seeds):
@@ -132,4 +137,6 @@ def check_run(stage: str, output_dir: Any, adapt_methods: Sequence[str],
     for key in DATA_POSITIVE:
       if data is not None and hasattr(data, key):
         check_count(f"evaluate_checkpoint.data.{key}", getattr(data, key))
+    for task in args.get("tasks") or ():
+      _check_task_name("evaluate_checkpoint.tasks", task)
   check_output_dir(output_dir)

@@ -96,6 +96,7 @@ def handle_signals() -> Iterator[None]:
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
+    clear()
 
 
 @contextlib.contextmanager
