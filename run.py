@@ -31,7 +31,11 @@ USAGE = __doc__
 
 def main(argv: list[str]) -> int:
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
-  files, bindings, rest = gin_cli.split_gin_args(argv)
+  try:
+    files, bindings, rest = gin_cli.split_gin_args(argv)
+  except gin_cli.GinConfigError as e:
+    print(f"run.py: error: {e}", file=sys.stderr)
+    return 2
   if "-h" in rest or "--help" in rest:
     print(USAGE)
     return 0
@@ -84,6 +88,7 @@ def _native_stderr_silenced():
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
+
 
 if __name__ == "__main__":
   sys.exit(main(sys.argv[1:]))

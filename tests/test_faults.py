@@ -1,4 +1,4 @@
-"""Fault injection (issue 12): preemption, NaN, corrupt checkpoints, config clashes, locks, bad input.
+"""Fault injection (issue 12): preemption, NaN, corrupt checkpoints, config, locks, bad input.
 
 The CLI tests drive `run.py` on a micro version of configs/default.gin (one
 training task, 8 steps): in a subprocess where training or signals are
@@ -21,11 +21,22 @@ import subprocess
 import sys
 import time
 
+import gin
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from safetensors.numpy import save_file
 
 import run as run_cli
+from mhr_jax import errors
 from mhr_jax.checkpoints.orbax import CheckpointStore
+from mhr_jax.experiment import stages
+from mhr_jax.training import preemption
+from mhr_jax.training.checkpointing import StoreCheckpoint, configured_overrides
+from mhr_jax.training.loop import NonFiniteLossError, train_loop
+from mhr_jax.training.state import TrainState, flatten_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -97,7 +108,6 @@ def restore(output_dir, step=None):
 
 
 def assert_bit_identical(a, b):
-  import jax  # pylint: disable=import-outside-toplevel
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb) and jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(la, lb):
@@ -111,7 +121,6 @@ def error_lines(stderr):
 
 @pytest.fixture(autouse=True)
 def clean_gin():
-  import gin  # pylint: disable=import-outside-toplevel
   gin.clear_config()
   yield
   gin.clear_config()
@@ -163,7 +172,6 @@ def test_sigterm_saves_exits_143_and_rerun_is_bit_identical(env, baseline, tmp_p
 
 
 def test_signal_outside_training_and_second_signal():
-  from mhr_jax.training import preemption  # pylint: disable=import-outside-toplevel
   # Outside a train loop there is nothing to save: Preempted at once, exit 143.
   with preemption.handle_signals():
     with pytest.raises(preemption.Preempted) as e:
@@ -190,11 +198,6 @@ def test_signal_outside_training_and_second_signal():
 def _scripted_run(tmp_path, *, nan_params_after=None, nan_loss_at=None, log_every=100,
                   keep_last=1):
   """The real train_loop + checkpoint callback, with a step function that turns NaN on cue."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from mhr_jax.training.checkpointing import StoreCheckpoint  # pylint: disable=import-outside-toplevel
-  from mhr_jax.training.loop import train_loop  # pylint: disable=import-outside-toplevel
-  from mhr_jax.training.state import TrainState  # pylint: disable=import-outside-toplevel
 
   def step_fn(state, batch):
     step = int(state.step) + 1
@@ -214,7 +217,6 @@ def _scripted_run(tmp_path, *, nan_params_after=None, nan_loss_at=None, log_ever
 
 
 def test_nan_parameters_never_reach_a_checkpoint(tmp_path):
-  from mhr_jax.training.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
   # Parameters turn NaN at step 8, whose loss is finite: only the state check
   # before the step-9 checkpoint sees it. keep_last=1 keeps step 6.
   with pytest.raises(NonFiniteLossError, match="became non-finite at step 9") as e:
@@ -227,7 +229,6 @@ def test_nan_parameters_never_reach_a_checkpoint(tmp_path):
 
 
 def test_nan_loss_names_the_first_bad_step(tmp_path):
-  from mhr_jax.training.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
   with pytest.raises(NonFiniteLossError,
                      match=r"loss became nan at step 5 \(the first non-finite step\); no "
                            "checkpoint was written from it"):
@@ -248,7 +249,6 @@ def _truncate_largest_file(step_dir):
 
 def _nan_copy(out, step):
   """Rewrites `step` with every float array NaN (as older code could save)."""
-  import jax  # pylint: disable=import-outside-toplevel
   state, extra = restore(out, step)
   shutil.rmtree(os.path.join(ckpt_dir(out), str(step)))
   bad = jax.tree.map(lambda x: x * np.nan if np.issubdtype(x.dtype, np.floating) else x, state)
@@ -257,7 +257,6 @@ def _nan_copy(out, step):
 
 
 def test_unreadable_and_nonfinite_checkpoints_fall_back(baseline, tmp_path, caplog):
-  from mhr_jax.experiment import stages  # pylint: disable=import-outside-toplevel
   out = copy_run(baseline, tmp_path)
   _truncate_largest_file(os.path.join(ckpt_dir(out), "8", "state"))
   _nan_copy(out, 6)
@@ -268,14 +267,12 @@ def test_unreadable_and_nonfinite_checkpoints_fall_back(baseline, tmp_path, capl
   assert warnings[1].startswith(f"checkpoint step 6 in {ckpt_dir(out)}/6 is non-finite (")
   # 4. step 3 of 8 planned: the eval/adapt stages say so.
   assert "unfinished run (step 3 of 8 planned)" in warnings[2]
-  from mhr_jax.training.state import flatten_params  # pylint: disable=import-outside-toplevel
   state_3, _ = restore(baseline, 3)
   assert_bit_identical(flatten_params(params), {**state_3["frozen"], **state_3["trainable"]})
   assert extra["planned_steps"] == STEPS and [h["step"] for h in extra["history"]] == [1, 2, 3]
 
 
 def test_no_readable_checkpoint_fails_in_one_line(baseline, tmp_path):
-  from mhr_jax import errors  # pylint: disable=import-outside-toplevel
   out = copy_run(baseline, tmp_path)
   for step in (3, 8):
     _truncate_largest_file(os.path.join(ckpt_dir(out), str(step), "state"))
@@ -301,9 +298,6 @@ def test_other_config_on_the_same_output_dir_is_one_line(baseline, tmp_path, cap
 
 
 def test_overrides_the_saved_config_wins_over_are_reported(baseline):
-  import gin  # pylint: disable=import-outside-toplevel
-  from mhr_jax.experiment import stages  # pylint: disable=import-outside-toplevel,unused-import
-  from mhr_jax.training.checkpointing import configured_overrides  # pylint: disable=import-outside-toplevel
   _, extra = restore(baseline, 8)
   gin.parse_config(["mhr_jax.AdapterConfig.n_skills = 5", "mhr_jax.AdapterConfig.rank = 2",
                     "train_multitask.method = 'mhr'"])
@@ -338,7 +332,6 @@ def _truncated_hf_checkpoint(tmp_path):
   d = tmp_path / "hf"
   d.mkdir()
   (d / "config.json").write_text(json.dumps({"d_model": 16}))
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   save_file({"shared.weight": np.zeros((300, 16), np.float32)}, str(d / "model.safetensors"))
   with open(d / "model.safetensors", "r+b") as f:
     f.truncate(1000)
@@ -361,8 +354,9 @@ def test_bad_input_is_exit_2_and_one_line(case, tmp_path, capsys):
                          "train_multitask.steps=-5 is invalid: expected a positive integer"),
       "batch_size_zero": (["--gin.mhr_jax.DataConfig.batch_size=0"],
                           "train_multitask.data.batch_size=0 is invalid: expected a positive"),
-      "truncated_safetensors": ([f"--gin.train_multitask.hf_checkpoint='{_truncated_hf_checkpoint(tmp_path)}'"],
-                                "model.safetensors ("),
+      "truncated_safetensors": (
+          [f"--gin.train_multitask.hf_checkpoint='{_truncated_hf_checkpoint(tmp_path)}'"],
+          "model.safetensors ("),
       "file_output_dir": ([], f"output_dir {out!r} is a file, not a directory"),
       "readonly_output_dir": ([], f"output_dir {out + '/sub'!r} is not a writable directory"),
   }[case]
@@ -392,7 +386,6 @@ def test_bad_input_from_a_real_process_is_one_stderr_line(env, tmp_path):
 
 
 def test_disk_full_is_one_line_and_removes_the_partial_save(tmp_path):
-  from mhr_jax import errors  # pylint: disable=import-outside-toplevel
   mnt = tmp_path / "small"
   mnt.mkdir()
   if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
@@ -403,7 +396,8 @@ def test_disk_full_is_one_line_and_removes_the_partial_save(tmp_path):
       with pytest.raises(errors.DiskFullError) as e:
         store.save(1, {"w": np.random.RandomState(0).rand(256, 256).astype(np.float32)},
                    {"x": 1}, force=True)
-      assert "\n" not in str(e.value) and "disk full while writing checkpoint step 1" in str(e.value)
+      msg = str(e.value)
+      assert "\n" not in msg and "disk full while writing checkpoint step 1" in msg
       assert os.listdir(mnt / "ckpt") == []
   finally:
     subprocess.run(["umount", str(mnt)], check=False)

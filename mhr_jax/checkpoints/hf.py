@@ -371,7 +371,8 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, di
         "`save_pretrained` first)")
   config_path = os.path.join(directory, CONFIG_NAME)
   if not os.path.exists(config_path):
-    raise errors.MissingInputError(f"{config_path} not found: {directory!r} is not a HF checkpoint dir")
+    raise errors.MissingInputError(
+        f"{config_path} not found: {directory!r} is not a HF checkpoint dir")
   state_dict = read_hf_state_dict(directory)
   if "tie_word_embeddings" not in config_overrides:
     config_overrides["tie_word_embeddings"] = not _is_untied(state_dict)

@@ -139,8 +139,9 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   pretrained = None
   if hf_checkpoint:
     if not os.path.isdir(hf_checkpoint):
-      raise errors.MissingInputError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
-                              "local Hugging Face T5 checkpoint (nothing is downloaded)")
+      raise errors.MissingInputError(
+          f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a local Hugging Face T5 "
+          "checkpoint (nothing is downloaded)")
     from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
     # Architecture from the checkpoint; numerics (dtype, scan, remat) from model_config.
     numerics = {f: getattr(model_config, f) for f in _NUMERICS} if model_config else {}
@@ -186,7 +187,7 @@ def load_multitask(stage_dir: str):
   ckpt_dir = os.path.join(stage_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise errors.MissingInputError(f"no multi-task checkpoint under {stage_dir!r} "
-                            f"(expected {ckpt_dir}); run the 'multitask' stage first")
+                                   f"(expected {ckpt_dir}); run the 'multitask' stage first")
   store = orbax_store.CheckpointStore(ckpt_dir)
   state, extra = store.restore()
   report_saved_checkpoint(stage_dir, int(state["step"]), extra)

@@ -101,10 +101,10 @@ class StoreCheckpoint:
         continue
       names = differences(saved, self.extra)
       if names:
-        directory = self.store.directory
+        directory, diff = self.store.directory, describe(saved, self.extra, names)
         raise errors.CheckpointError(
-            f"{directory} holds checkpoints of another configuration ({describe(saved, self.extra, names)}); "
-            f"use another output_dir, or delete {directory} to start over")
+            f"{directory} holds checkpoints of another configuration ({diff}); use another "
+            f"output_dir, or delete {directory} to start over")
       return
 
   def resume(self, state):

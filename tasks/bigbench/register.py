@@ -41,9 +41,10 @@ def read_index(cache_dir: Optional[str] = None) -> dict:
   cache_dir = cache_dir or default_cache_dir()
   path = os.path.join(cache_dir, INDEX)
   if not os.path.isfile(path):
-    raise errors.MissingInputError(f"no BIG-bench cache at {cache_dir!r} (missing {INDEX}); run "
-                            "`python -m tasks.bigbench prepare --cache_dir DIR` or set "
-                            "$MHR_JAX_BIGBENCH_DIR")
+    raise errors.MissingInputError(
+        f"no BIG-bench cache at {cache_dir!r} (missing {INDEX}); run "
+        "`python -m tasks.bigbench prepare --cache_dir DIR` or set "
+        "$MHR_JAX_BIGBENCH_DIR")
   with open(path) as f:
     return json.load(f)
 
