@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """mhr_jax entry point (t5x style).
 
-  python run.py                                  # embedded default: synthetic MHR pipeline
-  python run.py --gin_file=configs/mhr.gin --gin.run.stage=multitask
+  python run.py                                  # configs/default.gin: synthetic MHR pipeline
+  python run.py --gin_file=configs/experiments/synthetic.gin \\
+      --gin_file=configs/methods/mhr.gin --gin.run.stage=multitask
   python run.py --gin_file=configs/experiments/synthetic.gin \\
       --gin_file=configs/methods/poly.gin --gin.run.output_dir=/tmp/poly
   python run.py --list_tasks
 
-Stages: multitask (pre-train skills + routing on a mixture), adapt (few-shot
-adaptation to each held-out task x seed from a multi-task checkpoint), eval
-(restore a checkpoint and evaluate), pipeline (multitask -> adapt methods ->
-results table).
+Stages (--gin.run.stage=...): multitask (pre-train skills + routing on a
+mixture), adapt (few-shot adaptation to each held-out task x seed from a
+multi-task checkpoint), zero_shot (μ-average a Poly/MHR checkpoint into one
+LoRA, train it briefly on the multi-task mixture, evaluate on the held-out
+tasks), eval (restore a checkpoint and evaluate), pipeline (multitask ->
+adapt methods -> zero-shot methods -> results table).
 """
 
 from __future__ import annotations

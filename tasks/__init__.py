@@ -9,7 +9,7 @@ Families (`python -m tasks` lists what is registered):
 
 What training and evaluation call:
   get_batches(name, split, sequence_length, batch_size, shuffle, seed, ...)
-  task_id_table(name), save_task_ids(path, table), load_task_ids(path)
+  task_id_table(name)
   heldout_tasks(family), train_tasks(family), train_mixture(family)
   fewshot_task(task, k, seed) -> name of the k-shot training task
   eval_examples(task, split, max_examples), rank_classification_pairs(example)
@@ -38,7 +38,6 @@ from tasks.fewshot import fewshot_task, fewshot_task_name, register_fewshot_task
 from tasks.mixtures import proportional_rates, register_mixture, temperature_rates
 from tasks.registry import UnknownNameError, set_vocabulary, task_id_table
 from tasks.synthetic import SyntheticSpec, register_synthetic
-from tasks.task_ids import load_task_ids, num_rows, save_task_ids
 from tasks.vocab import get_vocabulary, train_sentencepiece
 from tasks.defaults import register_defaults
 

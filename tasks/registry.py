@@ -146,6 +146,12 @@ def add_mixture(name: str, family: str, rates: Sequence[tuple[str, Rate]]) -> se
   return _build_mixture(spec)
 
 
+def remove_mixture(name: str) -> None:
+  """Unregisters a mixture (its tasks stay); a name that is not registered is ignored."""
+  _MIXTURES.pop(name, None)
+  _remove_provider(name)
+
+
 def set_family(family: Family) -> None:
   _FAMILIES[family.name] = family
 
@@ -156,8 +162,7 @@ def remove_family(name: str) -> None:
     del _TASKS[task]
     _remove_provider(task)
   for mix in [m for m, s in _MIXTURES.items() if s.family == name]:
-    del _MIXTURES[mix]
-    _remove_provider(mix)
+    remove_mixture(mix)
   for key in [k for k in _RECORDS if k[0] not in _TASKS]:
     del _RECORDS[key]
   _FAMILIES.pop(name, None)
@@ -178,6 +183,13 @@ def set_vocabulary(vocabulary: seqio.Vocabulary) -> None:
     _build_mixture(spec)
   log.info("re-registered %d tasks and %d mixtures with %s", len(_TASKS), len(_MIXTURES),
            vocabulary)
+
+
+def reset_vocabulary() -> None:
+  """Puts every task back on `default_vocabulary()` (rebuilding them only if one differs)."""
+  default = default_vocabulary()
+  if any(spec.vocabulary != default for spec in _TASKS.values()):
+    set_vocabulary(default)
 
 
 # ---------------------------------------------------------------------------- look-ups
@@ -288,6 +300,11 @@ def formatted_records(name: str, split: str) -> list[dict]:
     _RECORDS[key] = [{**sources.numpy_to_record(ex), "task_id": spec.task_id}
                      for ex in ds.as_numpy_iterator()]
   return _RECORDS[key]
+
+
+def clear_record_cache() -> None:
+  """Forgets the cached records of every task (the next read recomputes them)."""
+  _RECORDS.clear()
 
 
 def describe(show_names: bool = True) -> str:

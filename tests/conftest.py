@@ -5,16 +5,17 @@ The run pipeline re-registers every task with the checkpoint's vocabulary
 but leaks across tests that share a pytest-xdist worker. Tests that read token
 ids as bytes would then see SentencePiece ids, depending on which tests ran
 before them on the same worker.
+
+Fixtures and helpers shared by several test modules are in tests/utils.py
+(torch references in hf_reference.py, task data stand-ins in task_fixtures.py).
 """
 
 import pytest
-import seqio
+
+from tasks import registry
 
 
 @pytest.fixture(autouse=True)
 def byte_vocabulary():
-  from tasks import registry  # pylint: disable=import-outside-toplevel
-  byte = seqio.ByteVocabulary()
-  if any(spec.vocabulary != byte for spec in registry._TASKS.values()):  # pylint: disable=protected-access
-    registry.set_vocabulary(byte)
+  registry.reset_vocabulary()
   yield

@@ -6,6 +6,8 @@ Import from a test as `from tests.hf_reference import tiny_hf_t5, ...`
     model = tiny_hf_t5("v1.1", num_layers=2, num_decoder_layers=3, seed=0)
     save_tiny_hf_t5(model, directory)                    # a HF checkpoint dir
     logits = hf_logits(model, encoder_ids, decoder_ids)  # numpy [b, t, v]
+    hf, config, params = hf_base("v1.0")                 # + our T5Config and params for it
+    peft_logits(peft_model)                              # on tests/utils.py's ENC / DEC
 
 Families:
   'v1.0': ReLU MLP, lm_head tied to the embedding, decoder output scaled by
@@ -30,6 +32,10 @@ from typing import Optional
 import numpy as np
 import torch
 import transformers
+
+from mhr_jax.checkpoints.hf import hf_state_dict_to_params
+from mhr_jax.models import T5Config
+from tests.utils import DEC, ENC, TASK_IDS
 
 FAMILIES = ("v1.0", "v1.1")
 EOS_ID = 1
@@ -160,3 +166,24 @@ def hf_greedy_generate(model, encoder_ids, max_new_tokens: int) -> np.ndarray:
                          use_cache=model.config.num_decoder_layers <= model.config.num_layers)
   tokens = out[:, 1:].numpy()
   return np.pad(tokens, ((0, 0), (0, max_new_tokens - tokens.shape[1])))
+
+
+# --- Our T5 on the same weights, and PEFT models on the fixed batch of tests/utils.py ---
+
+
+def hf_base(family, seed=0, num_decoder_layers=None, scan_layers=False):
+  """(tiny HF T5, our T5Config for it, its weights as our params)."""
+  hf = tiny_hf_t5(family, num_layers=2, num_decoder_layers=num_decoder_layers, seed=seed)
+  config = T5Config.from_hf_dict(hf.config.to_dict(), tie_word_embeddings=family == "v1.0",
+                                 dropout_rate=0.0, scan_layers=scan_layers)
+  return hf, config, hf_state_dict_to_params(numpy_state_dict(hf), config)
+
+
+def peft_logits(peft_model, task_ids=TASK_IDS):
+  enc = torch.as_tensor(ENC, dtype=torch.long)
+  with torch.no_grad():
+    out = peft_model(input_ids=enc, attention_mask=(enc != 0).long(),
+                     decoder_input_ids=torch.as_tensor(DEC, dtype=torch.long),
+                     task_ids=torch.as_tensor(task_ids, dtype=torch.long), use_cache=False)
+  return out.logits.numpy()
+

@@ -13,7 +13,7 @@ from mhr_jax.adapters.inputs import AdapterInputs
 from mhr_jax.adapters.lora import LoraAdapter
 from mhr_jax.adapters.poly import PolyAdapter
 from mhr_jax.models import T5
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 IN, OUT, RANK, N_TASKS, N_SKILLS = 8, 12, 3, 4, 3
 TASKS = np.array([3, 0, 3], np.int32)

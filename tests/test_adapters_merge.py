@@ -10,7 +10,7 @@ import pytest
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.merge import merge_adapters
 from mhr_jax.models import T5
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 IDS = np.array([2, 0, 1, 2], np.int32)
 

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mhr_jax import param_tree
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.training.state import TrainState
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 CONFIG = tiny_config(num_layers=1)
 IDS = np.array([0, 0, 0, 0], np.int32)  # adaptation: the new task is task 0
@@ -33,9 +34,9 @@ def _mt_adapter(heads: int, kind: str = "poly", **kw) -> AdapterConfig:
 def _multitask(method: str):
   """(adapter config, params) of the multi-task stage that `method` adapts from (B random)."""
   m = methods.get_method(method)
-  if m.multitask is None or m.multitask == "poly":  # fresh adapters go on a poly checkpoint
-    adapter = _mt_adapter(1 if m.heads == "one" else 2)
-  elif m.multitask == "lora":
+  if m.multitask in (None, methods.Multitask.ROUTED_SKILLS):  # fresh ones go on a poly checkpoint
+    adapter = _mt_adapter(1 if m.heads is methods.Heads.ONE else 2)
+  elif m.multitask is methods.Multitask.SHARED_LORA:
     adapter = _mt_adapter(1, kind="lora")
   else:
     adapter = None
@@ -50,7 +51,7 @@ def _shapes(adapter):
 
 
 def _flat(tree):
-  return flax.traverse_util.flatten_dict(tree, sep="/")
+  return param_tree.flatten(tree)
 
 
 def test_method_table_names_and_errors():
@@ -74,7 +75,7 @@ def test_adaptation_params_fit_the_adapted_model(method):
   flat, mt_flat = _flat(params), _flat(mt_params)
   m = methods.get_method(method)
   for path, x in flat.items():
-    group = methods.param_group(path)
+    group = param_tree.role_of(path)
     if group == "backbone" or group == "skills":  # carried over unchanged
       np.testing.assert_array_equal(np.asarray(x), np.asarray(mt_flat[path]))
     elif group == "routing":  # one fresh row U(-1e-3, 1e-3)
@@ -144,7 +145,7 @@ def test_gradients_and_updates_touch_exactly_the_trained_parameters(group):
     mask = _flat(methods.trainable_mask(method, params))
     trained = {k for k, v in mask.items() if v}
     expected_groups = methods.get_method(method).adapt_trains
-    assert trained == {k for k in mask if methods.param_group(k) in expected_groups}
+    assert trained == {k for k in mask if param_tree.role_of(k) in expected_groups}
     assert trained, method
     for path, g in _flat(grads).items():
       if path in trained:
@@ -159,7 +160,7 @@ def test_gradients_and_updates_touch_exactly_the_trained_parameters(group):
                                            state.opt_state, state.trainable)
     for path, u in updates.items():
       assert np.abs(np.asarray(u)).max() > 0, f"{method}: no update on {path}"
-      if methods.param_group(path) == "routing":
+      if param_tree.role_of(path) == "routing":
         assert 0.3 < np.abs(np.asarray(u)).max() <= 0.5 + 1e-6  # Adam's first step ~ lr
       else:
         assert np.abs(np.asarray(u)).max() < 0.1
@@ -247,7 +248,7 @@ def test_parameter_counts_match_closed_forms():
     params = random_params(c, adapter)
     expected = sum(per_layer(i, o) for i, o in projections) + once
     assert methods.count_parameters(params) - backbone == expected, adapter
-    assert methods.count_parameters(params, lambda p: methods.param_group(p) != "backbone") \
+    assert methods.count_parameters(params, lambda p: param_tree.role_of(p) != "backbone") \
         == expected
   # And by method mask: mhr_z trains exactly the routing rows.
   adapter, params = _adapted("mhr_z")

@@ -11,7 +11,7 @@ import torch
 from mhr_jax.adapters import routing
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 
 def _sigmoid(x):
@@ -119,3 +119,12 @@ def test_out_of_range_task_id_raises_eagerly_and_under_jit_when_asked():
     else:  # no callback in the hot path: the bad example's outputs are NaN, the others not
       out = np.asarray(jitted(jnp.array([0, -1, 2, 2])))
       assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 3]]).all()
+
+
+def test_routed_model_without_task_ids_raises_instead_of_reading_row_0():
+  config = tiny_config(num_layers=1)
+  adapter = AdapterConfig(kind="poly", n_tasks=3, n_skills=2,
+                          target_modules=r"encoder/layers_0/attention/value")
+  params = random_params(config, adapter)
+  with pytest.raises(ValueError, match="routed adapters.*need task_ids"):
+    T5(config, adapter=adapter).apply({"params": params}, ENC, DEC)

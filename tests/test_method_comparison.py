@@ -8,7 +8,7 @@ import os
 import pytest
 
 from benchmarks import method_comparison as mc
-from tests.test_run_stages import MICRO
+from tests.utils import MICRO
 
 
 def test_groups_follow_the_method_config_files():

@@ -42,14 +42,14 @@ def check_process(process_id: str, port: str) -> None:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mhr_jax.models import T5  # pylint: disable=g-import-not-at-top
-  from tests.test_partitioning import _adapter, _batch, _config, _loss_fn  # pylint: disable=g-import-not-at-top
+  from tests.utils import loss_and_grad, mesh_adapter, mesh_batch, mesh_config  # pylint: disable=g-import-not-at-top
 
-  cfg = _config("v1_1")
-  model = T5(cfg, adapter=_adapter("poly"))
-  host_batch = _batch(vocab=cfg.vocab_size)  # the same 8 rows in every process
+  cfg = mesh_config("v1_1")
+  model = T5(cfg, adapter=mesh_adapter("poly"))
+  host_batch = mesh_batch(vocab=cfg.vocab_size)  # the same 8 rows in every process
   example = jnp.asarray(host_batch["encoder_input_tokens"][:1])
   init_fn = lambda rng: model.init(rng, example, example, task_ids=jnp.zeros((1,), jnp.int32))
-  grad_fn = _loss_fn(model)
+  grad_fn = loss_and_grad(model)
 
   # Reference: the whole batch on this process's first device.
   local = jax.local_devices()[0]

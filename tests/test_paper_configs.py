@@ -22,6 +22,7 @@ from mhr_jax.experiment import pipeline, stages
 from tasks import natural_instructions, p3, registry, t0
 from tests.task_fixtures import (save_hf_checkpoint_with_vocab, t0_fixture_source,
                                  write_ni_clone, write_p3_dir)
+from tests.utils import record_evaluations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -66,8 +67,9 @@ def paper_data(tmp_path):
     ("t5xl_sni.gin", "ni_task003_gamma", ["ni_task001_alpha", "ni_task002_beta"]),
 ])
 def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, checkpoint,
-                                                 paper_data, tmp_path):
+                                                 paper_data, tmp_path, monkeypatch):
   out = str(tmp_path / "run")
+  evaluations = record_evaluations(monkeypatch)
   gin_cli.parse([os.path.join(CONFIGS, "experiments", config)],
                 SMALL + [f"HF_CHECKPOINT = '{checkpoint}'", f"run.output_dir = '{out}'",
                          f"adapt_heldout.tasks = ['{heldout}']",
@@ -91,18 +93,21 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
   # The backbone stayed frozen at the checkpoint's values; the adapters moved.
   from mhr_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
   _, pretrained = load_hf_checkpoint(checkpoint, scan_layers=True)  # the trained tree's layout
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
   flat, ref = flatten_params(params), flatten_params(pretrained)
   for key, value in ref.items():
     np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)
   assert any(k not in ref for k in flat)  # adapter parameters exist
 
-  for stage, method in [("adapt", m) for m in methods] + [("zero_shot", m) for m in zero_shot]:
+  # Each reported score is the one recomputed from the predictions (choice scores) made.
+  runs = [("adapt", m) for m in methods] + [("zero_shot", m) for m in zero_shot]
+  assert len(evaluations) == len(runs)
+  for (stage, method), expected in zip(runs, evaluations):
     with open(os.path.join(out, f"{stage}_{method}", "results.json")) as f:
       records = json.load(f)["records"]
     assert [(r["task"], r["seed"]) for r in records] == [(heldout, 0)]
-    metric = "accuracy" if heldout.startswith("t0_") else "rouge_l"
-    assert 0.0 <= records[0][metric] <= 100.0
+    assert "accuracy" in expected if heldout.startswith("t0_") else "rouge_l" in expected
+    assert {m: records[0][m] for m in expected} == pytest.approx(expected)
   with open(os.path.join(out, "summary.md")) as f:
     summary = f.read()
   assert all(f"| {m} |" in summary for m in methods), summary

@@ -23,8 +23,12 @@ import numpy as np
 import pytest
 
 from mhr_jax import partitioning
-from mhr_jax.models import T5, T5Config
-from mhr_jax.training.losses import weighted_cross_entropy
+from mhr_jax.models import T5
+# The mesh tests' model and batch (shared with test_multiprocess.py).
+from tests.utils import loss_and_grad as _loss_fn
+from tests.utils import mesh_adapter as _adapter
+from tests.utils import mesh_batch as _batch
+from tests.utils import mesh_config as _config
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _HAS_ADAPTERS = (importlib.util.find_spec("mhr_jax.adapters.config") is not None
@@ -47,59 +51,6 @@ def _run_on_8_devices(check: str, *args: str) -> None:
   assert proc.returncode == 0 and "CHECK OK" in proc.stdout, (
       f"{check}{args} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
       f"{proc.stderr[-6000:]}")
-
-
-# --- Tiny models: dims divisible by 4 (the model axis) where it matters. ----
-
-def _config(variant: str) -> T5Config:
-  """'v1_0': tied head, ReLU; 'v1_1': untied head, gated GELU.
-
-  One unrolled layer: XLA's CPU compile time, not the run, dominates these
-  tests, and a scanned stack compiles slower (the 'layers' axis is covered
-  by `check_rules`).
-  """
-  common = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
-                relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                dropout_rate=0.0)
-  if variant == "v1_0":
-    return T5Config(**common)
-  if variant == "v1_1":
-    return T5Config(**common, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    scale_decoder_outputs=False)
-  raise ValueError(f"unknown variant {variant!r}; valid: 'v1_0', 'v1_1'")
-
-
-def _adapter(kind: str):
-  if kind == "none":
-    return None
-  from mhr_jax.adapters.config import AdapterConfig  # pylint: disable=g-import-not-at-top
-  # MHR: 2 routing heads (not divisible by model=4 if it were sharded), 3 tasks.
-  return AdapterConfig(kind=kind, n_heads=2, n_tasks=3, n_skills=4, rank=2,
-                       target_modules="qv")
-
-
-def _batch(batch_size: int = 8, enc_len: int = 6, dec_len: int = 5,
-           vocab: int = 64) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(0)
-  enc = rng.integers(1, vocab, (batch_size, enc_len)).astype(np.int32)
-  enc[:, -2:] = 0  # padding
-  targets = rng.integers(1, vocab, (batch_size, dec_len)).astype(np.int32)
-  dec = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-  weights = np.ones((batch_size, dec_len), np.int32)
-  weights[::2, -1] = 0
-  return dict(encoder_input_tokens=enc, decoder_input_tokens=dec,
-              decoder_target_tokens=targets, decoder_loss_weights=weights,
-              task_ids=(np.arange(batch_size) % 3).astype(np.int32))
-
-
-def _loss_fn(model):
-  def loss(params, batch):
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"], task_ids=batch["task_ids"],
-                         deterministic=True)
-    return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])[0]
-  return jax.value_and_grad(loss)
 
 
 # --- Checks run in the 8-device subprocess. ----------------------------------
@@ -190,7 +141,7 @@ def check_sparse_routing_steps(data: str, model_size: str) -> None:
   from mhr_jax.experiment.model_setup import init_params, place_params  # pylint: disable=g-import-not-at-top
   from mhr_jax.experiment.stages import Trainer  # pylint: disable=g-import-not-at-top
   from mhr_jax.training.optimizer import OptimizerConfig  # pylint: disable=g-import-not-at-top
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
+  from mhr_jax.param_tree import flatten as flatten_params  # pylint: disable=g-import-not-at-top
   model = T5(_config("v1_1"), adapter=_adapter("poly"))
   opt = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, sparse_routing=True)
   trainable = methods.trainable_predicate("mhr", stage="multitask")

@@ -9,7 +9,8 @@ import torch
 
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.peft_io import our_module_path
-from tests.test_peft_poly import TOL, hf_base, our_logits, peft_logits
+from tests.hf_reference import hf_base, peft_logits
+from tests.utils import TOL, our_logits
 
 
 def _with_peft_adapter(base_params, peft_model, leaf: str, ours: str, convert) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
@@ -17,23 +16,11 @@ import torch
 
 from mhr_jax.adapters import peft_io
 from mhr_jax.adapters.config import AdapterConfig
-from mhr_jax.checkpoints.hf import hf_state_dict_to_params
-from mhr_jax.models import T5, T5Config
-from tests.hf_reference import numpy_state_dict, tiny_hf_t5
+from mhr_jax.models import T5
+from tests.hf_reference import hf_base, peft_logits
+from tests.utils import DEC, ENC, TASK_IDS, TOL, our_logits, random_params
 
-TOL = 1e-4
-ENC = np.array([[5, 9, 13, 2, 1, 0, 0], [7, 3, 3, 8, 11, 4, 1], [20, 1, 0, 0, 0, 0, 0],
-                [6, 6, 17, 30, 2, 1, 0]], np.int32)
-DEC = np.array([[0, 4, 9, 2], [0, 8, 8, 1], [0, 3, 0, 0], [0, 12, 5, 7]], np.int32)
-TASK_IDS = np.array([2, 0, 1, 2], np.int32)
 N_TASKS, N_SKILLS, RANK = 3, 3, 2
-
-
-def hf_base(family, seed=0, num_decoder_layers=None, scan_layers=False):
-  hf = tiny_hf_t5(family, num_layers=2, num_decoder_layers=num_decoder_layers, seed=seed)
-  config = T5Config.from_hf_dict(hf.config.to_dict(), tie_word_embeddings=family == "v1.0",
-                                 dropout_rate=0.0, scan_layers=scan_layers)
-  return hf, config, hf_state_dict_to_params(numpy_state_dict(hf), config)
 
 
 def randomize_peft_poly(peft_model, seed):
@@ -45,21 +32,6 @@ def randomize_peft_poly(peft_model, seed):
         p.copy_(torch.randn(p.shape, generator=gen))
       elif "module_logits" in name:
         p.copy_(2.0 * torch.randn(p.shape, generator=gen))
-
-
-def peft_logits(peft_model, task_ids=TASK_IDS):
-  enc = torch.as_tensor(ENC, dtype=torch.long)
-  with torch.no_grad():
-    out = peft_model(input_ids=enc, attention_mask=(enc != 0).long(),
-                     decoder_input_ids=torch.as_tensor(DEC, dtype=torch.long),
-                     task_ids=torch.as_tensor(task_ids, dtype=torch.long), use_cache=False)
-  return out.logits.numpy()
-
-
-def our_logits(config, adapter, params, task_ids=TASK_IDS, single_task=False):
-  return np.asarray(T5(config, adapter=adapter).apply(
-      {"params": params}, ENC, DEC, task_ids=jnp.asarray(task_ids), deterministic=True,
-      single_task=single_task))
 
 
 CASES = [  # family, n_splits, PEFT target_modules, decoder layers, scanned
@@ -93,32 +65,6 @@ def test_routed_t5_matches_peft_poly(tmp_path, family, n_splits, targets, dec_la
     same = np.full_like(TASK_IDS, 1)
     np.testing.assert_allclose(our_logits(config, adapter, params, same, single_task=True),
                                peft_logits(peft_model, same), atol=TOL, rtol=0)
-
-
-def random_params(config, adapter, base_params=None, seed=0):
-  """Parameters of `T5(config, adapter)`: `base_params` where given, else N(0, σ²) draws.
-
-  Adapter parameters are all random (B and Z too, unlike their init); the
-  model is never initialised for real (eval_shape only: fast).
-  """
-  shapes = jax.eval_shape(lambda: T5(config, adapter=adapter).init(
-      {"params": jax.random.PRNGKey(0), "routing": jax.random.PRNGKey(0)}, ENC[:1], DEC[:1],
-      task_ids=jnp.zeros((1,), jnp.int32))["params"])
-  flat = flax.traverse_util.flatten_dict(flax.core.meta.unbox(shapes), sep="/")
-  base = flax.traverse_util.flatten_dict(base_params or {}, sep="/")
-  rng = np.random.default_rng(seed)
-  std = {"skill_lora_a": 0.3, "skill_lora_b": 1.0, "routing_logits": 2.0, "lora_a": 0.3,
-         "lora_b": 1.0, "scale": 0.1, "embedding": 1.0, "rel_embedding": 0.5}
-  for k, v in flat.items():
-    leaf = k.rsplit("/", 1)[-1]
-    if k in base:
-      flat[k] = base[k]
-    elif leaf in ("scale", "ia3_scale"):
-      flat[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
-    else:  # kernels ~ N(0, 1/fan_in)
-      sd = std.get(leaf, v.shape[-2] ** -0.5 if len(v.shape) >= 2 else 1.0)
-      flat[k] = rng.normal(0.0, sd, v.shape).astype(np.float32)
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
 @pytest.mark.parametrize("shared,scan,scaling", [(False, False, None), (True, True, 0.3)])
@@ -170,12 +116,3 @@ def test_import_rejects_other_peft_types(tmp_path):
   (tmp_path / peft_io.CONFIG_NAME).write_text('{"peft_type": "LORA"}')
   with pytest.raises(ValueError, match="'LORA'.*only peft_type 'POLY'"):
     peft_io.load_peft_poly(str(tmp_path))
-
-
-def tiny_config(**overrides) -> T5Config:
-  """Our T5Config with `tiny_hf_t5`'s sizes (v1.0), so compiled ops are shared across tests."""
-  kwargs = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                dropout_rate=0.0)
-  kwargs.update(overrides)
-  return T5Config(**kwargs)

@@ -13,27 +13,12 @@ import pytest
 import run as run_cli
 from mhr_jax import gin_cli
 from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
+from tests.utils import MICRO, record_evaluations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 SEARCH = [CONFIGS, ROOT]
 
-# A micro model and tiny budgets so each method's pipeline runs in seconds.
-MICRO = [
-    "mhr_jax.T5Config.d_model = 16", "mhr_jax.T5Config.d_kv = 4", "mhr_jax.T5Config.d_ff = 32",
-    "mhr_jax.T5Config.num_heads = 2", "mhr_jax.T5Config.num_layers = 1",
-    "mhr_jax.T5Config.num_decoder_layers = 1", "mhr_jax.AdapterConfig.n_skills = 2",
-    "mhr_jax.AdapterConfig.rank = 2",
-    "mhr_jax.DataConfig.batch_size = 4", "mhr_jax.DataConfig.eval_batch_size = 4",
-    "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
-    "train_multitask.log_every = 1", "train_multitask.show_progress = False",
-    "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
-    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
-    "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
-    "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
-    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-    "mu_zero_shot.max_eval_examples = 4",
-]
 METHOD_FILES = sorted(glob.glob(os.path.join(CONFIGS, "methods", "*.gin")))
 
 
@@ -89,6 +74,7 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
     init(self, model, optimizer_config, *args, **kwargs)
 
   monkeypatch.setattr(stages.Trainer, "__init__", recording_init)
+  evaluations = record_evaluations(monkeypatch)
   files = GROUPS[multitask_method]
   names = [os.path.basename(p)[:-4] for p in files]
   out = str(tmp_path / "run")
@@ -109,12 +95,16 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   # synthetic.gin: adapters adapt at 1e-2, full fine-tuning at 1e-3 (learning_rate_by_method).
   assert rates == ([3e-3] + [1e-3 if m == "full" else 1e-2 for m in names] +
                    [1e-3] * len(zero_shot))  # mu_zero_shot's default optimizer
-  for method in names:
-    with open(os.path.join(out, f"adapt_{method}", "results.json")) as f:
-      records = json.load(f)["records"]
-    assert [r["seed"] for r in records] == [0, 1]
-    for r in records:
-      assert 0.0 <= r["exact_match"] <= 100.0 and 0.0 <= r["rouge_l"] <= 100.0
+  # Every reported score is the one recomputed independently from the predictions
+  # made (the adaptations in order, then the zero-shot runs).
+  records = []
+  for stage_dir in [f"adapt_{m}" for m in names] + [f"zero_shot_{m}" for m in zero_shot]:
+    with open(os.path.join(out, stage_dir, "results.json")) as f:
+      records += json.load(f)["records"]
+  assert [r["seed"] for r in records[:2 * len(names)]] == [0, 1] * len(names)
+  assert len(evaluations) == len(records)
+  for r, expected in zip(records, evaluations):
+    assert {m: r[m] for m in expected} == pytest.approx(expected)
   with open(os.path.join(out, "summary.md")) as f:
     summary = f.read()
   assert all(f"| {m} |" in summary for m in names)

@@ -20,7 +20,7 @@ def _train_inputs(name):
 def test_same_seed_same_subset_other_seeds_differ(heldout):
   a = _train_inputs(tasks.fewshot_task(heldout, 16, 0))
   assert len(a) == 16 == len(set(a))
-  registry._RECORDS.clear()  # pylint: disable=protected-access  (recompute from scratch)
+  registry.clear_record_cache()  # recompute from scratch
   assert _train_inputs(tasks.fewshot_task(heldout, 16, 0)) == a
   c = _train_inputs(tasks.fewshot_task(heldout, 16, 1))
   d = _train_inputs(tasks.fewshot_task(heldout, 16, 2))

@@ -16,8 +16,7 @@ def rate_mixture():
   mixtures.register_mixture(TEST_MIXTURE, "synthetic", names,
                             rates={names[0]: 1.0, names[1]: 3.0, names[2]: 6.0})
   yield names
-  registry._MIXTURES.pop(TEST_MIXTURE, None)  # pylint: disable=protected-access
-  registry._remove_provider(TEST_MIXTURE)  # pylint: disable=protected-access
+  registry.remove_mixture(TEST_MIXTURE)
 
 
 def test_mixture_rates_are_respected(rate_mixture):

@@ -52,7 +52,7 @@ def test_instances_split_deterministically_without_overlap(ni_dir):
   assert [len(v) for v in by_split.values()] == [21, 3, 6]
   assert len(set(sum(by_split.values(), []))) == 30
   ni.load_splits.cache_clear()
-  registry._RECORDS.clear()  # pylint: disable=protected-access
+  registry.clear_record_cache()
   assert [e["inputs"] for e in tasks.eval_examples("ni_task001_alpha", "test")] == by_split["test"]
 
 

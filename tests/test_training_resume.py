@@ -17,7 +17,7 @@ from mhr_jax.experiment.stages import Trainer
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.loop import NonFiniteLossError, train_loop
 from mhr_jax.training.optimizer import OptimizerConfig
-from mhr_jax.training.state import flatten_params
+from mhr_jax.param_tree import flatten as flatten_params
 
 CFG = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
                num_heads=2, dropout_rate=0.1, feed_forward_proj="gated-gelu",

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mhr_jax import param_tree
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
@@ -14,7 +15,7 @@ from mhr_jax.training import sparse_routing
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.training.state import TrainState
 from mhr_jax.training.step import make_train_step
-from tests.test_peft_poly import DEC, ENC, random_params, tiny_config
+from tests.utils import DEC, ENC, random_params, tiny_config
 
 CONFIG = tiny_config(num_layers=1)
 TARGETS = np.array([[4, 9, 2, 1], [8, 8, 1, 0], [3, 1, 0, 0], [12, 5, 7, 1]], np.int32)
@@ -65,7 +66,7 @@ def test_equals_dense_adamw_when_every_step_sees_every_task(heads, shared, metho
     for k in d.trainable:
       np.testing.assert_allclose(np.asarray(s.trainable[k]), np.asarray(d.trainable[k]),
                                  rtol=1e-5, atol=1e-6, err_msg=k)
-  routing = [k for k in dense[-1].trainable if sparse_routing.is_routing_path(k)]
+  routing = [k for k in dense[-1].trainable if param_tree.is_routing_path(k)]
   assert routing and all(
       np.abs(np.asarray(dense[-1].trainable[k]) - np.asarray(dense[0].trainable[k])).max() > 1e-3
       for k in routing)
@@ -77,7 +78,7 @@ def test_rows_of_absent_tasks_keep_parameters_and_moments():
   dense, _ = _run(adapter, "mhr", False, ids)
   sparse, _ = _run(adapter, "mhr", True, ids)
   for k in sparse[0].trainable:
-    if not sparse_routing.is_routing_path(k):
+    if not param_tree.is_routing_path(k):
       np.testing.assert_allclose(np.asarray(sparse[1].trainable[k]),
                                  np.asarray(dense[1].trainable[k]), rtol=1e-5, atol=1e-6)
       continue

@@ -6,9 +6,12 @@
   routing.py   routing logits Z, relaxed-Bernoulli sampling, task-id checks
   lora.py      LoRA;  poly.py  Poly / MHR;  ia3.py  (IA)^3
   layers.py    build_adapter / build_shared_router (dispatch on kind)
-  methods.py   the method table: trainable masks, optimizer, adaptation params, μ
+  methods.py   the method table (typed rows): roles trained per stage, adaptation params, μ
   merge.py     fold one task's adapter into the kernels
   peft_io.py   PEFT Poly adapter import / export
+
+Each module declares the roles of the parameters it creates
+(`mhr_jax.param_tree.declare_roles`); everything else asks `param_tree.role_of`.
 
 Import the submodule you need; this package imports nothing itself.
 """

@@ -54,8 +54,9 @@ class AdapterConfig:
   """Configuration of the adapters of one model.
 
   Attributes:
-    kind: 'lora' (one LoRA per projection), 'poly' (a routed inventory of
-      LoRA skills; MHR when `n_heads > 1`), or 'ia3' (learned scaling vectors).
+    kind: 'lora' (one LoRA per projection), 'poly' (PEFT's Poly tuner: a
+      routed inventory of LoRA skills, Polytropon when `n_heads == 1`, MHR
+      when `n_heads > 1`), or 'ia3' (learned scaling vectors).
     rank: LoRA rank r (of every skill).
     n_tasks: rows of the routing table Z (poly only).
     n_skills: skills |Φ| per adapted projection (poly only).

@@ -9,12 +9,15 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.param_tree import Role, declare_roles
 
 
 def kernel_init(scale: float = 1.0):
   return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
+# 'kernel' is also the leaf of T5's untied `logits_dense` (an nn.Dense): backbone too.
+@declare_roles(kernel=Role.BACKBONE)
 class AdaptedDense(nn.Module):
   """y = x @ kernel (+ adapter), no bias (T5 has none).
 

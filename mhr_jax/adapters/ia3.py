@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
+from mhr_jax.param_tree import Role, declare_roles
 
 
+@declare_roles(ia3_scale=Role.IA3)
 class IA3Adapter(ProjectionAdapter):
   """Called as layer(x, y, inputs, kernel) -> y'; the kernel is needed by feedforward targets."""
 

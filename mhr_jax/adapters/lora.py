@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
+from mhr_jax.param_tree import Role, declare_roles
 
 
 def kaiming_uniform_init(fan_in: int):
@@ -44,6 +45,7 @@ def input_dropout(x: jax.Array, rate: float, inputs: Optional[AdapterInputs]) ->
   return nn.Dropout(rate)(x, deterministic=False)
 
 
+@declare_roles(lora_a=Role.LORA, lora_b=Role.LORA)
 class LoraAdapter(ProjectionAdapter):
   """One LoRA on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax
 import jax.numpy as jnp
 
+from mhr_jax import param_tree
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.poly import mix_skills
 from mhr_jax.adapters.routing import routing_weights, validate_task_ids
@@ -26,28 +26,23 @@ from mhr_jax.adapters.routing import routing_weights, validate_task_ids
 
 def merge_adapters(params: Any, config: AdapterConfig, task_id: int = 0) -> dict:
   """Returns `params` with every adapter folded into its kernel (task `task_id` for Poly/MHR)."""
-  flat = flax.traverse_util.flatten_dict(
-      dict(flax.core.meta.unbox(flax.core.unfreeze(params))), sep="/")
+  flat = param_tree.flatten(params)
   if config.routed:
     validate_task_ids([task_id], config.n_tasks)
-  adapted = {p[:p.index("/adapter/") + 1] for p in flat if "/adapter/" in p}
-  out = {}
-  for path, value in flat.items():
-    parts = path.split("/")
-    if parts[0] == "router" or "adapter" in parts[:-1]:
-      continue  # adapter parameters disappear into the kernels
-    if parts[-1] == "kernel" and path[:-len("kernel")] in adapted:
-      value = _merged_kernel(flat, path[:-len("kernel")], value, config, task_id)
-    out[path] = value
-  return flax.traverse_util.unflatten_dict(out, sep="/")
+  # Adapter parameters disappear into the kernels.
+  out = {k: v for k, v in flat.items() if not param_tree.is_adapter_path(k)}
+  for projection in param_tree.adapted_projections(flat):
+    kernel = f"{projection}/kernel"
+    out[kernel] = _merged_kernel(flat, projection, flat[kernel], config, task_id)
+  return param_tree.unflatten(out)
 
 
-def _merged_kernel(flat, module_prefix: str, kernel, config: AdapterConfig, task_id: int):
-  ad = f"{module_prefix}adapter/"
+def _merged_kernel(flat, projection: str, kernel, config: AdapterConfig, task_id: int):
+  ad = param_tree.adapter_prefix(projection)
   w = jnp.asarray(kernel, jnp.float32)
   if config.kind == "ia3":
     scale = jnp.asarray(flat[ad + "ia3_scale"], jnp.float32)
-    if config.is_ia3_feedforward(module_prefix[:-1]):
+    if config.is_ia3_feedforward(projection):
       w = w * scale[..., :, None]
     else:
       w = w * scale[..., None, :]
@@ -55,8 +50,7 @@ def _merged_kernel(flat, module_prefix: str, kernel, config: AdapterConfig, task
     if config.kind == "lora":
       a, b = flat[ad + "lora_a"], flat[ad + "lora_b"]
     else:
-      z = flat.get(ad + "router/routing_logits")
-      z = flat["router/routing_logits"] if z is None else z
+      z = param_tree.routing_logits_of(flat, projection)
       weights = routing_weights(jnp.take(jnp.asarray(z), task_id, axis=-3), deterministic=True,
                                 straight_through=config.straight_through)
       a, b = mix_skills(weights, jnp.asarray(flat[ad + "skill_lora_a"], jnp.float32),

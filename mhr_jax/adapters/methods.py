@@ -29,78 +29,127 @@ weights. Training the μ-adapter a few more steps on the multi-task data
 ("μ zero-shot") is `mu_params` followed by ordinary training with the
 'adapt' mask of a *_mu method on the multi-task mixture.
 
-Parameters are told apart by their leaf names: `routing_logits` (routing),
-`skill_lora_a/b` (skills), `lora_a/b`, `ia3_scale`; anything else is the
-backbone. Paths are '/'-joined ('encoder/layers_0/attention/query/kernel').
+Parameters are told apart by their role (`mhr_jax.param_tree.Role`), which
+the module that creates each parameter declares; a method trains a set of
+roles in each of its stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Mapping, Optional, Union
+import enum
+from typing import Any, Callable, Optional, Union
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhr_jax import param_tree
 from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.adapters.lora import kaiming_uniform_init
 from mhr_jax.adapters.poly import mix_skills
 from mhr_jax.adapters.routing import INIT_RANGE, routing_weights
+from mhr_jax.param_tree import Role
 
-ROUTING_LEAVES = ("routing_logits",)
-SKILL_LEAVES = ("skill_lora_a", "skill_lora_b")
-LORA_LEAVES = ("lora_a", "lora_b")
-IA3_LEAVES = ("ia3_scale",)
-GROUPS = ("routing", "skills", "lora", "ia3", "backbone")
-STAGES = ("multitask", "adapt")
 ROUTING_INITS = ("uniform", "mean")
 MU_AVERAGES = ("uniform", "routing")
 
 
+class Multitask(str, enum.Enum):
+  """What a method's multi-task stage trains."""
+
+  ROUTED_SKILLS = "routed_skills"  # a Poly/MHR skill inventory Φ and its routing Z
+  SHARED_LORA = "shared_lora"  # one LoRA shared by every task
+  BACKBONE = "backbone"  # the whole backbone, no adapter
+
+
+class Heads(str, enum.Enum):
+  """Routing heads of a routed method: Poly has one, MHR several."""
+
+  ONE = "one"
+  MANY = "many"
+
+
+class Adaptation(str, enum.Enum):
+  """How a method builds the parameters it adapts to a held-out task."""
+
+  NEW_ROUTING = "new_routing"  # the multi-task skills + a new routing row per new task
+  MU = "mu"  # the skills averaged into one LoRA (routing dropped)
+  CONTINUE = "continue"  # the multi-task adapter as it is (one shared LoRA)
+  FRESH = "fresh"  # a freshly initialised adapter of `adapt_kind` on the backbone
+  BACKBONE = "backbone"  # the backbone alone, no adapter
+
+
+_ROUTED = frozenset({Role.SKILLS, Role.ROUTING})
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """One row of the method table.
+  """One row of the method table (see the module docstring).
 
   Attributes:
-    name: the method's name.
-    multitask: what the multi-task stage trains: 'poly', 'lora' (one shared
-      LoRA), 'full' (the backbone), or None (no multi-task stage).
-    heads: 'one' (Poly), 'many' (MHR) or None (not routed).
-    adaptation: how the adaptation parameters are built: 'new_routing',
-      'mu', 'shared_lora', 'fresh' (a new adapter of kind `adapt_kind` on the
-      backbone), 'backbone' (no adapter).
-    adapt_kind: the adapter kind during adaptation (None: no adapter).
-    multitask_trains / adapt_trains: trained parameter groups (of `GROUPS`).
+    name: the method's name (`--method`, configs/methods/<name>.gin).
+    adaptation: how the adaptation parameters are built.
+    adapt_trains: the roles trained when adapting to a held-out task.
+    adapt_kind: the `AdapterConfig.kind` of a `FRESH` adapter.
+    multitask: what the multi-task stage trains; None: no multi-task stage.
+    multitask_trains: the roles trained in the multi-task stage.
+    heads: routing heads (routed methods only).
   """
 
   name: str
-  multitask: Optional[str]
-  heads: Optional[str]
-  adaptation: str
-  adapt_kind: Optional[str]
-  multitask_trains: frozenset
-  adapt_trains: frozenset
+  _: dataclasses.KW_ONLY
+  adaptation: Adaptation
+  adapt_trains: frozenset[Role]
+  adapt_kind: Optional[str] = None
+  multitask: Optional[Multitask] = None
+  multitask_trains: frozenset[Role] = frozenset()
+  heads: Optional[Heads] = None
+
+  def __post_init__(self):
+    for field in ("adapt_trains", "multitask_trains"):
+      object.__setattr__(self, field, frozenset(Role(r) for r in getattr(self, field)))
+    if (self.adaptation is Adaptation.FRESH) != (self.adapt_kind is not None):
+      raise ValueError(f"method {self.name!r}: adapt_kind names the kind of a FRESH adapter "
+                       f"and nothing else; got adaptation={self.adaptation}, "
+                       f"adapt_kind={self.adapt_kind!r}")
+    if (self.multitask is Multitask.ROUTED_SKILLS) != (self.heads is not None):
+      raise ValueError(f"method {self.name!r}: heads is set for routed multi-task methods "
+                       f"only; got multitask={self.multitask}, heads={self.heads}")
+
+  def trains(self, stage: str) -> frozenset:
+    """The roles trained in `stage` ('multitask' or 'adapt')."""
+    if stage == "adapt":
+      return self.adapt_trains
+    if stage != "multitask":
+      raise ValueError(f"stage={stage!r} trains no parameters; stages that train: "
+                       "['multitask', 'adapt']")
+    if self.multitask is None:
+      with_stage = [n for n, m in METHODS.items() if m.multitask is not None]
+      raise ValueError(f"method {self.name!r} trains a fresh adapter per held-out task and has "
+                       f"no multi-task stage; multi-task methods: {with_stage}")
+    return self.multitask_trains
 
 
-def _method(name, multitask, heads, adaptation, adapt_kind, multitask_trains, adapt_trains):
-  return Method(name, multitask, heads, adaptation, adapt_kind, frozenset(multitask_trains),
-                frozenset(adapt_trains))
+def _routed(name: str, heads: Heads, adaptation: Adaptation, adapt_trains) -> Method:
+  """A Poly/MHR method: the multi-task stage trains skills and routing."""
+  return Method(name, multitask=Multitask.ROUTED_SKILLS, heads=heads, multitask_trains=_ROUTED,
+                adaptation=adaptation, adapt_trains=adapt_trains)
 
 
-_ROUTED = ("skills", "routing")
 METHODS: dict[str, Method] = {m.name: m for m in (
-    _method("lora", None, None, "fresh", "lora", (), ("lora",)),
-    _method("shared_lora", "lora", None, "shared_lora", "lora", ("lora",), ("lora",)),
-    _method("poly", "poly", "one", "new_routing", "poly", _ROUTED, _ROUTED),
-    _method("mhr", "poly", "many", "new_routing", "poly", _ROUTED, _ROUTED),
-    _method("poly_z", "poly", "one", "new_routing", "poly", _ROUTED, ("routing",)),
-    _method("mhr_z", "poly", "many", "new_routing", "poly", _ROUTED, ("routing",)),
-    _method("poly_mu", "poly", "one", "mu", "lora", _ROUTED, ("lora",)),
-    _method("mhr_mu", "poly", "many", "mu", "lora", _ROUTED, ("lora",)),
-    _method("ia3", None, None, "fresh", "ia3", (), ("ia3",)),
-    _method("full", "full", None, "backbone", None, ("backbone",), ("backbone",)),
+    Method("lora", adaptation=Adaptation.FRESH, adapt_kind="lora", adapt_trains={Role.LORA}),
+    Method("shared_lora", multitask=Multitask.SHARED_LORA, multitask_trains={Role.LORA},
+           adaptation=Adaptation.CONTINUE, adapt_trains={Role.LORA}),
+    _routed("poly", Heads.ONE, Adaptation.NEW_ROUTING, adapt_trains=_ROUTED),
+    _routed("mhr", Heads.MANY, Adaptation.NEW_ROUTING, adapt_trains=_ROUTED),
+    _routed("poly_z", Heads.ONE, Adaptation.NEW_ROUTING, adapt_trains={Role.ROUTING}),
+    _routed("mhr_z", Heads.MANY, Adaptation.NEW_ROUTING, adapt_trains={Role.ROUTING}),
+    _routed("poly_mu", Heads.ONE, Adaptation.MU, adapt_trains={Role.LORA}),
+    _routed("mhr_mu", Heads.MANY, Adaptation.MU, adapt_trains={Role.LORA}),
+    Method("ia3", adaptation=Adaptation.FRESH, adapt_kind="ia3", adapt_trains={Role.IA3}),
+    Method("full", multitask=Multitask.BACKBONE, multitask_trains={Role.BACKBONE},
+           adaptation=Adaptation.BACKBONE, adapt_trains={Role.BACKBONE}),
 )}
 
 
@@ -114,67 +163,37 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
-# --- Parameter groups and masks -----------------------------------------------
+# --- Trained roles and masks ------------------------------------------------------
 
 
-def param_group(path: str) -> str:
-  """'routing' | 'skills' | 'lora' | 'ia3' | 'backbone', from the leaf name of `path`."""
-  leaf = path.rsplit("/", 1)[-1]
-  if leaf in ROUTING_LEAVES:
-    return "routing"
-  if leaf in SKILL_LEAVES:
-    return "skills"
-  if leaf in LORA_LEAVES:
-    return "lora"
-  if leaf in IA3_LEAVES:
-    return "ia3"
-  return "backbone"
-
-
-def trained_groups(method: str, stage: str = "adapt", train_backbone: bool = False) -> frozenset:
-  m = get_method(method)
-  _choice("stage", stage, STAGES)
-  if stage == "multitask":
-    if m.multitask is None:
-      with_stage = [n for n, k in METHODS.items() if k.multitask is not None]
-      raise ValueError(f"method {method!r} trains a fresh adapter per held-out task and has no "
-                       f"multi-task stage; multi-task methods: {with_stage}")
-    groups = m.multitask_trains
-  else:
-    groups = m.adapt_trains
-  return groups | {"backbone"} if train_backbone else groups
+def trained_roles(method: str, stage: str = "adapt", train_backbone: bool = False) -> frozenset:
+  roles = get_method(method).trains(stage)
+  return roles | {Role.BACKBONE} if train_backbone else roles
 
 
 def trainable_predicate(method: str, stage: str = "adapt",
                         train_backbone: bool = False) -> Callable[[str], bool]:
   """path ('a/b/kernel') -> whether `method` trains it in `stage` ('multitask' | 'adapt')."""
-  groups = trained_groups(method, stage, train_backbone)
-  return lambda path: param_group(path) in groups
-
-
-def _path(keypath) -> str:
-  # Dict keys only: a boxed leaf (nn.Partitioned) adds an attribute key, not a name.
-  return "/".join(str(k.key) for k in keypath if isinstance(k, jax.tree_util.DictKey))
-
-
-def _map_paths(fn: Callable[[str], Any], params) -> Any:
-  return jax.tree_util.tree_map_with_path(lambda kp, _: fn(_path(kp)), params)
+  roles = trained_roles(method, stage, train_backbone)
+  return lambda path: param_tree.role_of(path) in roles
 
 
 def trainable_mask(method: str, params, stage: str = "adapt",
                    train_backbone: bool = False) -> Any:
   """A pytree of bools shaped like `params`: True where `method` trains."""
-  return _map_paths(trainable_predicate(method, stage, train_backbone), params)
+  return param_tree.map_paths(trainable_predicate(method, stage, train_backbone), params)
 
 
 def count_parameters(params, mask: Union[None, Callable[[str], bool], Any] = None) -> int:
   """Number of scalars in `params` (where `mask` — a path predicate or a bool tree — is True)."""
-  params = flax.core.meta.unbox(params)
+  flat = param_tree.flatten(params)
   if mask is None:
-    mask = lambda path: True
-  mask = _map_paths(mask, params) if callable(mask) else flax.core.meta.unbox(mask)
-  sizes = jax.tree.map(lambda x, m: int(np.size(x)) if m else 0, params, mask)
-  return int(sum(jax.tree.leaves(sizes)))
+    keep = lambda path: True
+  elif callable(mask):
+    keep = mask
+  else:
+    keep = param_tree.flatten(mask).__getitem__
+  return int(sum(int(np.size(x)) for path, x in flat.items() if keep(path)))
 
 
 # --- Multi-task stage ------------------------------------------------------------
@@ -188,13 +207,13 @@ def multitask_adapter_config(method: str, base: AdapterConfig, n_tasks: int
   need `base.n_heads > 1`.
   """
   m = get_method(method)
-  trained_groups(method, "multitask")  # raises for methods without the stage
-  if m.multitask == "full":
+  m.trains("multitask")  # raises for methods without the stage
+  if m.multitask is Multitask.BACKBONE:
     return None
-  if m.multitask == "lora":
+  if m.multitask is Multitask.SHARED_LORA:
     return base.replace(kind="lora", shared_routing=False, straight_through=False)
-  n_heads = 1 if m.heads == "one" else base.n_heads
-  if m.heads == "many" and n_heads < 2:
+  n_heads = 1 if m.heads is Heads.ONE else base.n_heads
+  if m.heads is Heads.MANY and n_heads < 2:
     raise ValueError(f"method {method!r} is multi-head routing and needs n_heads > 1, got "
                      f"n_heads={n_heads}; set AdapterConfig.n_heads or use "
                      f"{method.replace('mhr', 'poly')!r}")
@@ -204,28 +223,10 @@ def multitask_adapter_config(method: str, base: AdapterConfig, n_tasks: int
 # --- Building adaptation parameters ----------------------------------------------
 
 
-def _flat(params) -> dict[str, Any]:
-  params = flax.core.meta.unbox(flax.core.unfreeze(params))
-  return flax.traverse_util.flatten_dict(dict(params), sep="/")
-
-
-def _nested(flat: Mapping[str, Any]) -> dict:
-  return flax.traverse_util.unflatten_dict(dict(flat), sep="/")
-
-
-def _is_adapter_path(path: str) -> bool:
-  parts = path.split("/")
-  return parts[0] == "router" or "adapter" in parts[:-1]
-
-
 def strip_adapters(params) -> dict:
-  """The backbone alone: drops every `.../adapter/...` subtree and the shared `router`."""
-  return _nested({k: v for k, v in _flat(params).items() if not _is_adapter_path(k)})
-
-
-def _kaiming_uniform(key, shape, fan_in, dtype):
-  bound = 1.0 / math.sqrt(fan_in)
-  return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+  """The backbone alone: drops every adapter and router parameter."""
+  return param_tree.unflatten({k: v for k, v in param_tree.flatten(params).items()
+                               if not param_tree.is_adapter_path(k)})
 
 
 def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
@@ -236,7 +237,7 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
   """
   if config.kind not in ("lora", "ia3"):
     raise ValueError(f"fresh adapters are built for kind 'lora' or 'ia3', got {config.kind!r}")
-  flat = _flat(backbone)
+  flat = param_tree.flatten(backbone)
   out = dict(flat)
   for i, (path, kernel) in enumerate(sorted(flat.items())):
     module, leaf = path.rsplit("/", 1) if "/" in path else ("", path)
@@ -244,20 +245,15 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
       continue
     lead, (d_in, d_out) = kernel.shape[:-2], kernel.shape[-2:]
     dtype = kernel.dtype
+    ad = param_tree.adapter_prefix(module)
     if config.kind == "lora":
-      out[f"{module}/adapter/lora_a"] = _kaiming_uniform(
-          jax.random.fold_in(rng, i), lead + (d_in, config.rank), d_in, dtype)
-      out[f"{module}/adapter/lora_b"] = jnp.zeros(lead + (config.rank, d_out), dtype)
+      out[ad + "lora_a"] = kaiming_uniform_init(d_in)(
+          jax.random.fold_in(rng, i), lead + (d_in, config.rank), jnp.float32).astype(dtype)
+      out[ad + "lora_b"] = jnp.zeros(lead + (config.rank, d_out), dtype)
     else:
       width = d_in if config.is_ia3_feedforward(module) else d_out
-      out[f"{module}/adapter/ia3_scale"] = jnp.ones(lead + (width,), dtype)
-  return _nested(out)
-
-
-def _routing_logits_of(flat: Mapping[str, Any], adapter_prefix: str) -> jax.Array:
-  """A projection's Z [..., tasks, h, s]: its own router's, else the shared one."""
-  own = flat.get(f"{adapter_prefix}router/routing_logits")
-  return own if own is not None else flat["router/routing_logits"]
+      out[ad + "ia3_scale"] = jnp.ones(lead + (width,), dtype)
+  return param_tree.unflatten(out)
 
 
 def mean_routing_weights(routing_logits: jax.Array, config: AdapterConfig) -> jax.Array:
@@ -278,18 +274,17 @@ def mu_params(multitask_params, config: AdapterConfig, average: str = "uniform"
   if config is None or config.kind != "poly":
     raise ValueError("μ-averaging needs a Poly/MHR multi-task adapter (kind='poly'), got "
                      f"{None if config is None else config.kind!r}")
-  flat = _flat(multitask_params)
-  out = {k: v for k, v in flat.items() if param_group(k) not in ("skills", "routing")}
-  for path in flat:
-    if not path.endswith("/skill_lora_a"):
-      continue
-    prefix = path[:-len("skill_lora_a")]
-    skill_a, skill_b = jnp.asarray(flat[path]), jnp.asarray(flat[prefix + "skill_lora_b"])
+  flat = param_tree.flatten(multitask_params)
+  out = {k: v for k, v in flat.items() if param_tree.role_of(k) not in _ROUTED}
+  for projection in param_tree.adapted_projections(flat):
+    prefix = param_tree.adapter_prefix(projection)
+    skill_a = jnp.asarray(flat[prefix + "skill_lora_a"])
+    skill_b = jnp.asarray(flat[prefix + "skill_lora_b"])
     h, s = skill_a.shape[-4:-2]
     if average == "uniform":
       weights = jnp.full((h, s), 1.0 / s, jnp.float32)
     else:
-      weights = mean_routing_weights(_routing_logits_of(flat, prefix), config)
+      weights = mean_routing_weights(param_tree.routing_logits_of(flat, projection), config)
     a, b = mix_skills(weights.astype(jnp.float32), skill_a.astype(jnp.float32),
                       skill_b.astype(jnp.float32))
     out[prefix + "lora_a"] = a.astype(skill_a.dtype)
@@ -297,7 +292,7 @@ def mu_params(multitask_params, config: AdapterConfig, average: str = "uniform"
   lora = AdapterConfig(kind="lora", rank=config.rank, scaling=config.scale,
                        target_modules=config.target_modules, dropout=config.dropout,
                        ia3_feedforward=config.ia3_feedforward)
-  return lora, _nested(out)
+  return lora, param_tree.unflatten(out)
 
 
 def new_routing_rows(multitask_params, n_new_tasks: int = 1, routing_init: str = "uniform",
@@ -309,9 +304,9 @@ def new_routing_rows(multitask_params, n_new_tasks: int = 1, routing_init: str =
   """
   _choice("routing_init", routing_init, ROUTING_INITS)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  flat = _flat(multitask_params)
+  flat = param_tree.flatten(multitask_params)
   for i, (path, z) in enumerate(sorted(flat.items())):
-    if param_group(path) != "routing":
+    if not param_tree.is_routing_path(path):
       continue
     z = jnp.asarray(z)
     shape = z.shape[:-3] + (n_new_tasks,) + z.shape[-2:]
@@ -320,7 +315,7 @@ def new_routing_rows(multitask_params, n_new_tasks: int = 1, routing_init: str =
     else:
       flat[path] = jax.random.uniform(jax.random.fold_in(rng, i), shape, z.dtype,
                                       -INIT_RANGE, INIT_RANGE)
-  return _nested(flat)
+  return param_tree.unflatten(flat)
 
 
 def _check_routed(method: Method, config: Optional[AdapterConfig]) -> None:
@@ -328,7 +323,7 @@ def _check_routed(method: Method, config: Optional[AdapterConfig]) -> None:
     raise ValueError(f"method {method.name!r} adapts a Poly/MHR multi-task checkpoint "
                      f"(kind='poly'), got adapter kind "
                      f"{None if config is None else config.kind!r}")
-  if (config.n_heads == 1) != (method.heads == "one"):
+  if (config.n_heads == 1) != (method.heads is Heads.ONE):
     family = "poly*" if config.n_heads == 1 else "mhr*"
     raise ValueError(f"method {method.name!r} does not fit a checkpoint with "
                      f"n_heads={config.n_heads}; use a {family} method")
@@ -358,16 +353,16 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
   """
   m = get_method(method)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  if m.adaptation == "new_routing":
+  if m.adaptation is Adaptation.NEW_ROUTING:
     _check_routed(m, adapter_config)
     return (adapter_config.replace(n_tasks=n_new_tasks),
             new_routing_rows(multitask_params, n_new_tasks, routing_init, rng))
-  if m.adaptation == "mu":
+  if m.adaptation is Adaptation.MU:
     _check_routed(m, adapter_config)
     return mu_params(multitask_params, adapter_config, mu_average)
-  if m.adaptation == "shared_lora":
+  if m.adaptation is Adaptation.CONTINUE:
     if adapter_config is not None and adapter_config.kind == "lora":
-      return adapter_config, _nested(_flat(multitask_params))
+      return adapter_config, param_tree.unflatten(param_tree.flatten(multitask_params))
     if (adapter_config is not None and adapter_config.kind == "poly"
         and adapter_config.n_skills == 1):
       return mu_params(multitask_params, adapter_config, "uniform")
@@ -375,7 +370,7 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
                      "(kind='lora', or poly with n_skills=1), got adapter "
                      f"{None if adapter_config is None else adapter_config.kind!r}")
   backbone = strip_adapters(multitask_params)
-  if m.adaptation == "backbone":
+  if m.adaptation is Adaptation.BACKBONE:
     return None, backbone
   # Fresh LoRA / (IA)^3 on the backbone.
   if base_config is not None and base_config.kind == m.adapt_kind:

@@ -31,9 +31,9 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
-import flax
 import numpy as np
 
+from mhr_jax import param_tree
 from mhr_jax.adapters.config import AdapterConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -53,7 +53,7 @@ _PROJECTIONS = {"query": "q", "key": "k", "value": "v", "out": "o",
 _HF_PROJECTIONS = {v: k for k, v in _PROJECTIONS.items()}
 _HF_NAME = re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d\.\w+)\.(\w+)")
 _SUFFIXES = {"poly_lora_A": "skill_lora_a", "poly_lora_B": "skill_lora_b",
-             "poly_router.module_logits": "router/routing_logits"}
+             "poly_router.module_logits": param_tree.ROUTER_LOGITS}
 
 
 def hf_module_name(stack: str, layer: int, block: str, projection: str) -> str:
@@ -78,10 +78,10 @@ def our_module_path(name: str) -> tuple[str, int, str, str]:
 
 
 def _flat(params) -> dict[str, Any]:
-  params = flax.core.meta.unbox(flax.core.unfreeze(params))
+  """{path: array} of a parameter tree or of {'params': tree} (flax variables)."""
   if set(params) == {"params"}:
     params = params["params"]
-  return flax.traverse_util.flatten_dict(dict(params), sep="/")
+  return param_tree.flatten(params)
 
 
 def _numpy(x) -> np.ndarray:
@@ -104,14 +104,11 @@ def peft_poly_state_dict(params, config: AdapterConfig) -> dict[str, np.ndarray]
   # PEFT multiplies by 1/r; any other scaling goes into B.
   b_factor = config.scale * config.rank
   out = {}
-  for path, skill_a in flat.items():
-    if not path.endswith("/adapter/skill_lora_a"):
-      continue
-    module = path[:-len("/adapter/skill_lora_a")]
+  for module in param_tree.adapted_projections(flat):
     stack, layer, block, proj = module.split("/")
-    skill_b = np.asarray(flat[f"{module}/adapter/skill_lora_b"])
-    z = flat.get(f"{module}/adapter/router/routing_logits")
-    z = np.asarray(flat["router/routing_logits"] if z is None else z)
+    ad = param_tree.adapter_prefix(module)
+    skill_a, skill_b = flat[ad + "skill_lora_a"], np.asarray(flat[ad + "skill_lora_b"])
+    z = np.asarray(param_tree.routing_logits_of(flat, module))
     if layer == "layers":  # scanned: a leading layer axis
       per_layer = [(i, np.asarray(skill_a)[i], skill_b[i], z[i] if z.ndim == 4 else z)
                    for i in range(np.shape(skill_a)[0])]
@@ -210,14 +207,15 @@ def load_peft_poly(directory: str, base_params=None) -> tuple[AdapterConfig, dic
                        f"{sorted(_SUFFIXES)}")
     stack, layer, block, proj = our_module_path(module)
     found.setdefault((stack, block, proj), set()).add(layer)
-    if ours == "router/routing_logits":
+    if ours == param_tree.ROUTER_LOGITS:
       value = value.reshape(value.shape[0], h, s)
     elif (value.ndim != 4 or value.shape[:2] != (h, s)
           or value.shape[3 if ours == "skill_lora_a" else 2] != r):
       raise ValueError(f"{key}: shape {value.shape} does not fit n_splits={h}, n_skills={s}, "
                        f"r={r} (A: [n_splits, n_skills, in/n_splits, r], B: [n_splits, "
                        "n_skills, r, out/n_splits])")
-    adapter[f"{stack}/layers_{layer}/{block}/{proj}/adapter/{ours}"] = np.asarray(value)
+    adapter[param_tree.adapter_prefix(f"{stack}/layers_{layer}/{block}/{proj}") + ours] = (
+        np.asarray(value))
 
   base_flat = _flat(base_params) if base_params is not None else {}
   counts, scanned = _layer_counts(base_flat)
@@ -234,7 +232,6 @@ def load_peft_poly(directory: str, base_params=None) -> tuple[AdapterConfig, dic
         raise ValueError(f"{path}: PEFT adapts layers {layers} only; a scanned model needs "
                          "every layer adapted (load into an unrolled model instead)")
       adapter[path] = np.stack([x for _, x in sorted(items, key=lambda t: t[0])])
-  merged = {k: v for k, v in base_flat.items()
-            if not (k.split("/")[0] == "router" or "adapter" in k.split("/")[:-1])}
+  merged = {k: v for k, v in base_flat.items() if not param_tree.is_adapter_path(k)}
   merged.update(adapter)
-  return config, flax.traverse_util.unflatten_dict(merged, sep="/")
+  return config, param_tree.unflatten(merged)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from mhr_jax.adapters.inputs import AdapterInputs, ProjectionAdapter
 from mhr_jax.adapters.lora import input_dropout, kaiming_uniform_init, lora_delta
 from mhr_jax.adapters.routing import router_from_config
+from mhr_jax.param_tree import Role, declare_roles
 
 
 def mix_skills(weights: jax.Array, skill_a: jax.Array, skill_b: jax.Array
@@ -52,6 +53,7 @@ def mix_skills(weights: jax.Array, skill_a: jax.Array, skill_b: jax.Array
   return a, b
 
 
+@declare_roles(skill_lora_a=Role.SKILLS, skill_lora_b=Role.SKILLS)
 class PolyAdapter(ProjectionAdapter):
   """A skill inventory on a projection [in, out]; called as layer(x, y, inputs) -> y'."""
 

@@ -15,6 +15,9 @@ Task ids out of [0, |T|) are errors, never silently another task's row:
 `check_task_ids` raises eagerly on concrete ids and, under `jit`, from a
 host callback when the computation runs; the gather itself fills rows of
 bad ids with NaN, so a bad id that escapes every check poisons its output.
+Missing ids are errors too, never row 0: a routed `T5` called without
+task_ids raises (outside `init`), and every evaluation example must carry
+its 'task_id' (mhr_jax/evaluation reads no default).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mhr_jax.param_tree import Role, declare_roles
 
 # Logical axis names of the routing table and of LoRA ranks. 'heads' is taken
 # by attention heads, so MHR heads are 'routing_heads'. The partitioning
@@ -116,6 +121,7 @@ def routing_weights(logits: jax.Array, *, deterministic: bool, rng: Optional[jax
   return probs / (jnp.sum(probs, axis=-1, keepdims=True) + EPS)
 
 
+@declare_roles(routing_logits=Role.ROUTING)
 class Router(nn.Module):
   """Holds Z and maps task ids to mixing weights.
 

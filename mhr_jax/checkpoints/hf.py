@@ -47,6 +47,7 @@ import tempfile
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import flax
+import jax.numpy as jnp
 import numpy as np
 
 from mhr_jax import errors
@@ -233,7 +234,7 @@ def hf_state_dict_to_params(state_dict: Mapping[str, Any], config: T5Config) -> 
   if missing or unexpected or mismatched:
     raise CheckpointMismatchError(missing, unexpected, mismatched, notes=notes)
 
-  dtype = config.parameter_dtype
+  dtype = jnp.dtype(config.param_dtype)
   flat = {}
   for entry in layout:
     x = state_dict[entry.hf_name]

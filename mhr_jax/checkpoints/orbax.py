@@ -7,8 +7,10 @@ A step directory holds two items:
 
     <directory>/<step>/state/   the train state pytree (params, optimizer
                                 state, step, rng), arrays written per shard
-    <directory>/<step>/extra/   JSON: data-iterator position, task-id table,
-                                configs
+    <directory>/<step>/extra/   JSON: task-id table, method, configs
+
+The data position is not saved: a resumed run rebuilds its data stream from
+the same seed and skips the `step` batches already trained on.
 
 Atomicity: Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
 it to `<step>` only once every file is written. A save that dies midway
@@ -118,7 +120,7 @@ class CheckpointStore:
     Args:
       step: the training step (names the directory).
       state: a pytree of arrays (params, optimizer state, step, rng).
-      extra: JSON-able metadata (data position, task-id table, configs).
+      extra: JSON-able metadata (task-id table, method, configs).
       force: save even when `step` is not a multiple of `save_every_steps`.
     Returns:
       Whether a checkpoint was written (False when not due, or when `step`

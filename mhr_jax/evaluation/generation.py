@@ -20,7 +20,7 @@ def generate_predictions(decode_fn: Callable[[dict], np.ndarray], vocab,
   for start in range(0, len(examples), batch_size):
     chunk = examples[start:start + batch_size]
     batch = make_batch(vocab, [ex["inputs"] for ex in chunk], [""] * len(chunk),
-                       [int(ex.get("task_id", 0)) for ex in chunk], input_length, 1,
+                       [int(ex["task_id"]) for ex in chunk], input_length, 1,
                        pad_to=batch_size)
     tokens = np.asarray(decode_fn(batch))
     preds.extend(decode_tokens(vocab, tokens[i]) for i in range(len(chunk)))

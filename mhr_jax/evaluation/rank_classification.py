@@ -25,7 +25,7 @@ def choice_scores(score_fn: Callable[[dict], np.ndarray], vocab,
   Returns:
     One float array [num_choices] per example.
   """
-  pairs = [(i, ex["inputs"], c, int(ex.get("task_id", 0)))
+  pairs = [(i, ex["inputs"], c, int(ex["task_id"]))
            for i, ex in enumerate(examples) for c in ex["choices"]]
   scores = np.zeros((len(pairs),), np.float64)
   for start in range(0, len(pairs), batch_size):

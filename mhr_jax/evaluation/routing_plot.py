@@ -7,23 +7,24 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mhr_jax import param_tree
+from mhr_jax.adapters.routing import routing_weights
 
-def routing_probabilities(params: Mapping, name: str = "routing_logits") -> np.ndarray:
-  """Mean over adapted layers of normalised sigmoid routing, [tasks, heads, skills].
+
+def routing_probabilities(params: Mapping) -> np.ndarray:
+  """Mean over adapted layers of the evaluation routing weights, [tasks, heads, skills].
 
   Layers scanned with a leading 'layers' axis are averaged over it too.
   Raises ValueError when the tree holds no routing logits.
   """
-  from mhr_jax.training.state import flatten_params  # pylint: disable=g-import-not-at-top
   mats = []
-  for path, value in flatten_params(params).items():
-    if path.split("/")[-1] == name:
-      z = np.asarray(value, np.float64)
+  for path, value in param_tree.flatten(params).items():
+    if param_tree.is_routing_path(path):
+      z = np.asarray(value, np.float32)
       z = z.reshape((-1,) + z.shape[-3:])  # [layers?, tasks, heads, skills]
-      w = 1.0 / (1.0 + np.exp(-z))
-      mats.append((w / (w.sum(-1, keepdims=True) + 1e-12)).mean(0))
+      mats.append(np.asarray(routing_weights(z, deterministic=True)).mean(0))
   if not mats:
-    raise ValueError(f"no parameter named {name!r} in the tree: is the model routed?")
+    raise ValueError("no parameter named 'routing_logits' in the tree: is the model routed?")
   return np.mean(mats, axis=0)
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhr_jax import partitioning
+from mhr_jax import param_tree, partitioning
 from mhr_jax.models import T5, T5Config
 
 
@@ -60,8 +60,7 @@ def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
   Used to put pretrained backbone weights into a freshly initialised tree
   that also holds new adapter parameters.
   """
-  from mhr_jax.training.state import flatten_params, unflatten_params  # pylint: disable=g-import-not-at-top
-  tgt, src = flatten_params(target), flatten_params(source)
+  tgt, src = param_tree.flatten(target), param_tree.flatten(source)
   for k, v in src.items():
     if k in tgt:
       if tuple(tgt[k].shape) != tuple(v.shape):
@@ -69,4 +68,4 @@ def fill_from(target: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
                          f"checkpoint has {tuple(v.shape)}")
       sharding = getattr(tgt[k], "sharding", None)
       tgt[k] = jax.device_put(jnp.asarray(v, dtype=tgt[k].dtype), sharding)
-  return unflatten_params(tgt)
+  return param_tree.unflatten(tgt)

@@ -46,7 +46,7 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
-    stage: one of multitask, adapt, eval, pipeline.
+    stage: one of `stages.STAGES` (multitask, adapt, zero_shot, eval, pipeline).
     output_dir: where checkpoints, TensorBoard logs, plots and results go.
     adapt_methods: adaptation methods run by `pipeline` after pre-training.
     zero_shot_methods: μ zero-shot runs (`stages.mu_zero_shot`: poly_mu, mhr_mu)

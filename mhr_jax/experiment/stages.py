@@ -15,7 +15,7 @@ import gin
 import jax
 import numpy as np
 
-from mhr_jax import errors, partitioning
+from mhr_jax import errors, param_tree, partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
@@ -194,8 +194,7 @@ def load_multitask(stage_dir: str):
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
   params = {**state["frozen"], **state["trainable"]}
-  from mhr_jax.training.state import unflatten_params  # pylint: disable=g-import-not-at-top
-  return model_config, adapter, unflatten_params(params), extra
+  return model_config, adapter, param_tree.unflatten(params), extra
 
 
 @gin.configurable(denylist=["output_dir"])

@@ -15,11 +15,13 @@ import jax.numpy as jnp
 
 from mhr_jax.adapters.dense import AdaptedDense
 from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.param_tree import Role, declare_roles
 
 # Added to masked attention logits; finite so fully masked rows stay NaN-free.
 _MASK_VALUE = -1e10
 
 
+@declare_roles(scale=Role.BACKBONE)
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, statistics in fp32."""
 
@@ -58,6 +60,7 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
   return buckets + jnp.where(is_small, n, large)
 
 
+@declare_roles(rel_embedding=Role.BACKBONE)
 class RelativePositionBiases(nn.Module):
   """Learned per-head bias for each relative-position bucket (computed once per stack)."""
 

@@ -17,6 +17,7 @@ from mhr_jax.models.layers import (MlpBlock, MultiHeadAttention, RMSNorm,
                                    RelativePositionBiases, causal_bias,
                                    padding_bias)
 from mhr_jax.models.t5_config import T5Config
+from mhr_jax.param_tree import Role, declare_roles
 
 
 class EncoderLayer(nn.Module):
@@ -31,7 +32,7 @@ class EncoderLayer(nn.Module):
     """x: [b, i, e]; aux = (attention bias [b, h, i, i], AdapterInputs)."""
     cfg = self.config
     bias, adapter_inputs = aux
-    kw = dict(dtype=cfg.activation_dtype, param_dtype=cfg.parameter_dtype)
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_attention_layer_norm", **kw)(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, self.deterministic,
@@ -57,7 +58,7 @@ class DecoderLayer(nn.Module):
     """y: [b, t, e]; aux = (self bias, encoded [b, i, e], cross bias, AdapterInputs, decode_index)."""
     cfg = self.config
     self_bias, encoded, cross_bias, adapter_inputs, decode_index = aux
-    kw = dict(dtype=cfg.activation_dtype, param_dtype=cfg.parameter_dtype)
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     drop = lambda z: nn.Dropout(cfg.dropout_rate)(z, deterministic=self.deterministic)
     attn = lambda name, decode: MultiHeadAttention(
         cfg.num_heads, cfg.d_kv, cfg.dropout_rate, self.deterministic, decode=decode,
@@ -101,7 +102,7 @@ class Encoder(nn.Module):
                adapter_inputs: Optional[AdapterInputs], deterministic: bool = True) -> jax.Array:
     """embedded: [b, i, e], input_mask: [b, i] bool -> encoded [b, i, e]."""
     cfg = self.config
-    kw = dict(dtype=cfg.activation_dtype, param_dtype=cfg.parameter_dtype)
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     length = embedded.shape[1]
     bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
@@ -126,7 +127,7 @@ class Decoder(nn.Module):
                decode: bool = False) -> jax.Array:
     """embedded: [b, t, e], encoded: [b, i, e], encoder_mask: [b, i] -> hidden [b, t, e]."""
     cfg = self.config
-    kw = dict(dtype=cfg.activation_dtype, param_dtype=cfg.parameter_dtype)
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     q_len = embedded.shape[1]
     decode_index = None
     k_len, offset = q_len, 0
@@ -154,6 +155,7 @@ class Decoder(nn.Module):
     return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
 
+@declare_roles(embedding=Role.BACKBONE)  # the token embedder's table (an nn.Embed)
 class T5(nn.Module):
   """T5 encoder-decoder with optional routed adapters.
 
@@ -175,14 +177,15 @@ class T5(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embedder = nn.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=cfg.activation_dtype,
-        param_dtype=cfg.parameter_dtype,
+        cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                     ("vocab", "embed")),
         name="token_embedder")
     if not cfg.tie_word_embeddings:
       self.logits_dense = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=cfg.parameter_dtype,
+          cfg.vocab_size, use_bias=False, dtype=jnp.float32,
+          param_dtype=jnp.dtype(cfg.param_dtype),
           # fan-in scaled so a model trained from scratch starts with O(1) logits.
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.variance_scaling(1.0, "fan_in", "normal"), ("embed", "vocab")),
@@ -198,7 +201,10 @@ class T5(nn.Module):
     if self.adapter is None:
       return None
     if task_ids is None:
-      task_ids = jnp.zeros((batch,), jnp.int32)
+      if getattr(self.adapter, "routed", False) and not self.is_initializing():
+        # Never a silent row 0: a routed model is told which task each example is.
+        raise ValueError("routed adapters (kind='poly') need task_ids [batch]; got None")
+      task_ids = jnp.zeros((batch,), jnp.int32)  # unread by unrouted adapters
     if getattr(self.adapter, "routed", False):
       # Out-of-range ids raise (eagerly, or from a callback under jit when
       # asked) rather than silently reading another task's routing row.

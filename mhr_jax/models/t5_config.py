@@ -7,10 +7,9 @@ import json
 import os
 from typing import Any
 
-import jax.numpy as jnp
-
 _FFN_ACTIVATIONS = ("relu", "gated-gelu")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Dtypes are kept by name (gin- and JSON-friendly); modules take `jnp.dtype(name)`.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +38,7 @@ class T5Config:
   scale_decoder_outputs: bool = True
   # Numerics and memory (not part of the HF config).
   dtype: str = "float32"  # activations
-  param_dtype: str = "float32"
+  param_dtype: str = "float32"  # the backbone's parameters
   scan_layers: bool = False
   remat: bool = False
 
@@ -49,23 +48,15 @@ class T5Config:
           f"feed_forward_proj={self.feed_forward_proj!r} is not supported; "
           f"valid choices: {list(_FFN_ACTIVATIONS)}")
     for field in ("dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
+      if getattr(self, field) not in DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r} is not supported; "
-                         f"valid choices: {sorted(_DTYPES)}")
+                         f"valid choices: {list(DTYPES)}")
     if self.num_decoder_layers is None:
       object.__setattr__(self, "num_decoder_layers", self.num_layers)
 
   @property
   def is_gated(self) -> bool:
     return self.feed_forward_proj.startswith("gated-")
-
-  @property
-  def activation_dtype(self):
-    return _DTYPES[self.dtype]
-
-  @property
-  def parameter_dtype(self):
-    return _DTYPES[self.param_dtype]
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)

@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import jax.numpy as jnp
 import optax
 
-from mhr_jax.training.sparse_routing import SparseRoutingOptimizer, is_routing_path
+from mhr_jax.param_tree import is_routing_path
+from mhr_jax.training.sparse_routing import SparseRoutingOptimizer
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("linear", "cosine", "constant")

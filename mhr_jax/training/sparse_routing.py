@@ -27,12 +27,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mhr_jax.adapters import methods
+from mhr_jax.param_tree import is_routing_path
 from mhr_jax.training.state import FlatParams
-
-
-def is_routing_path(path: str) -> bool:
-  return methods.param_group(path) == "routing"
 
 
 def batch_rows(task_ids: jax.Array, n_tasks: int) -> tuple[jax.Array, jax.Array]:

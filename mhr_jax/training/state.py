@@ -13,24 +13,16 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from flax.traverse_util import flatten_dict, unflatten_dict
+
+from mhr_jax.param_tree import flatten, unflatten
 
 FlatParams = dict[str, jax.Array]
-
-
-def flatten_params(params: Mapping[str, Any]) -> FlatParams:
-  """Nested param tree -> {'a/b/kernel': array}."""
-  return flatten_dict(dict(params), sep="/")
-
-
-def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
-  return unflatten_dict(dict(flat), sep="/")
 
 
 def split_params(params: Mapping[str, Any],
                  is_trainable: Callable[[str], bool]) -> tuple[FlatParams, FlatParams]:
   """Splits a nested tree into (trainable, frozen) flat dicts by path."""
-  flat = flatten_params(params)
+  flat = flatten(params)
   trainable = {k: v for k, v in flat.items() if is_trainable(k)}
   frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
   if not trainable:
@@ -40,7 +32,7 @@ def split_params(params: Mapping[str, Any],
 
 
 def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, Any]:
-  return unflatten_params({**frozen, **trainable})
+  return unflatten({**frozen, **trainable})
 
 
 @struct.dataclass
