@@ -36,7 +36,8 @@ from mhr_jax.experiment import stages
 from mhr_jax.training import preemption
 from mhr_jax.training.checkpointing import StoreCheckpoint, configured_overrides
 from mhr_jax.training.loop import NonFiniteLossError, train_loop
-from mhr_jax.training.state import TrainState, flatten_params
+from mhr_jax.param_tree import flatten as flatten_params
+from mhr_jax.training.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
