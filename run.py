@@ -21,6 +21,7 @@ step compiled ahead of time for a TPU topology, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,7 +37,11 @@ USAGE = __doc__
 
 def main(argv: list[str]) -> int:
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
-  files, bindings, rest = gin_cli.split_gin_args(argv)
+  try:
+    files, bindings, rest = gin_cli.split_gin_args(argv)
+  except gin_cli.GinConfigError as e:
+    print(f"run.py: error: {e}", file=sys.stderr)
+    return 2
   if "-h" in rest or "--help" in rest:
     print(USAGE)
     return 0
@@ -54,18 +59,46 @@ def main(argv: list[str]) -> int:
                       datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from mhr_jax import errors  # pylint: disable=g-import-not-at-top
+  from mhr_jax.training import preemption  # pylint: disable=g-import-not-at-top
+  with _native_stderr_silenced():  # TensorFlow's C++ start-up lines (CUDA probes)
+    import tasks  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")  # TF only feeds data; the devices are JAX's
   from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top  (registers gin)
-  try:
-    gin_cli.parse(files or [DEFAULT_GIN], bindings,
-                  search_paths=[os.path.join(_ROOT, "configs"), _ROOT])
-    if print_config:  # the configuration after every file and override; nothing runs
-      print(gin_cli.config_text())
-      return 0
-    pipeline.run()
-  except (gin_cli.GinConfigError, pipeline.StageError, FileNotFoundError) as e:
-    print(f"run.py: error: {gin_cli.first_line(e)}", file=sys.stderr)
-    return 2
+  # Only the project's own errors are one line (exit 2); anything else is a bug
+  # and keeps its traceback. SIGTERM/SIGINT: finish the step, save, exit 143/130.
+  with preemption.handle_signals():
+    try:
+      gin_cli.parse(files or [DEFAULT_GIN], bindings,
+                    search_paths=[os.path.join(_ROOT, "configs"), _ROOT])
+      if print_config:  # the configuration after every file and override; nothing runs
+        print(gin_cli.config_text())
+        return 0
+      pipeline.run()
+    except errors.MhrJaxError as e:
+      print(f"run.py: error: {errors.one_line(e)}", file=sys.stderr)
+      return e.exit_code
+    except preemption.Preempted as e:
+      print(f"run.py: {e}", file=sys.stderr)
+      return e.exit_code
   return 0
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """Sends file descriptor 2 to /dev/null (C++ libraries write there directly)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

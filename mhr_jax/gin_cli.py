@@ -14,8 +14,10 @@ from typing import Sequence
 
 import gin
 
+from mhr_jax import errors
 
-class GinConfigError(ValueError):
+
+class GinConfigError(errors.ConfigError):
   """A gin file or binding could not be applied; the message names it."""
 
 
@@ -96,10 +98,7 @@ def config_text() -> str:
 
 def first_line(error: BaseException) -> str:
   """The error's own message, without the 'In call to configurable' lines gin appends."""
-  text = str(error).strip()
-  if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
-    text = error.args[0]
-  return text.splitlines()[0] if text else type(error).__name__
+  return errors.one_line(error)
 
 
 def _findable(path: str) -> bool:

@@ -45,6 +45,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import seqio
 
+from mhr_jax import errors
 from tasks import metrics
 from tasks import fewshot, mixtures, registry, sources
 
@@ -152,9 +153,10 @@ def register_natural_instructions(data_dir: Optional[str] = None,
   """
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_dir()))
   if not available(data_dir):
-    raise FileNotFoundError(f"no Super-NaturalInstructions clone at {data_dir!r} (need "
-                            "splits/default/{train,test}_tasks.txt and tasks/*.json); pass "
-                            "data_dir or set $MHR_JAX_NI_DIR")
+    raise errors.MissingInputError(
+        f"no Super-NaturalInstructions clone at {data_dir!r} (need "
+        "splits/default/{train,test}_tasks.txt and tasks/*.json); pass "
+        "data_dir or set $MHR_JAX_NI_DIR")
   registry.remove_family(FAMILY)
   train, test = read_split(data_dir, "train"), read_split(data_dir, "test")
   present = lambda t: os.path.isfile(os.path.join(data_dir, "tasks", f"{t}.json"))

@@ -38,6 +38,7 @@ from typing import Optional
 import seqio
 import tensorflow as tf
 
+from mhr_jax import errors
 from tasks import metrics
 from tasks import mixtures, preprocessors, registry, sources
 
@@ -133,7 +134,7 @@ def register_p3(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Vocab
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_dir()))
   found = scan(data_dir)
   if not found:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"no P3 training data under {data_dir!r} (need data/<dataset>_<prompt>/"
         f"train.tfrecord-* for one of T0's training datasets, e.g. {T0_TRAIN_DATASETS[0]}); "
         "pass data_dir or set $MHR_JAX_P3_DIR")

@@ -15,6 +15,8 @@ from typing import Iterable, Optional, Sequence
 
 import seqio
 
+from mhr_jax import errors
+
 KINDS = ("byte", "sentencepiece", "checkpoint")
 PAD_ID, EOS_ID = 0, 1
 # Bumped whenever the trainer options below change, so old cache entries are not reused.
@@ -37,7 +39,7 @@ def checkpoint_vocabulary(checkpoint_dir: str,
   path = os.path.join(checkpoint_dir, "spiece.model")
   if not os.path.isfile(path):
     present = sorted(os.listdir(checkpoint_dir)) if os.path.isdir(checkpoint_dir) else None
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"no SentencePiece model at {path!r} (a Hugging Face T5 checkpoint dir has "
         f"spiece.model); directory contents: {present}")
   if extra_ids is None:

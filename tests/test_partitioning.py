@@ -222,13 +222,13 @@ def check_every_stage_shards_its_parameters(output_dir: str) -> None:
           "evaluate_checkpoint.mesh = @mhr_jax.MeshConfig()",
           "train_multitask.steps = 2", "train_multitask.show_progress = False",
           # One training task for data (its family's table still gives 32 routing rows).
-          "train_multitask.mixture = 'synthetic_reverse_then_caesar'",
+          "train_multitask.mixture = 'synthetic_up_def_then_up_mno_then_up_vwx'",
           "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0,)",
           "adapt_heldout.show_progress = False", "mu_zero_shot.show_progress = False",
           "mu_zero_shot.steps = 1",
-          "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
-          "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-          "evaluate_checkpoint.tasks = ['synthetic_reverse_then_caesar']",
+          "adapt_heldout.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
+          "mu_zero_shot.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
+          "evaluate_checkpoint.tasks = ['synthetic_up_def_then_up_mno_then_up_vwx']",
           "adapt_heldout.max_eval_examples = 3", "mu_zero_shot.max_eval_examples = 3",
           "evaluate_checkpoint.max_eval_examples = 3", f"run.output_dir = '{output_dir}'"]
   gin_cli.parse([str(configs / "experiments" / "synthetic.gin"), str(configs / "methods" / "mhr.gin")],

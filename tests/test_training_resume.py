@@ -92,7 +92,8 @@ def test_nonfinite_loss_stops_with_clear_message():
   class S:
     step = 0
 
-  with pytest.raises(NonFiniteLossError, match="loss became nan at or before step 2"):
+  with pytest.raises(NonFiniteLossError,
+                     match=r"loss became nan at step 1 \(the first non-finite step\)"):
     train_loop(S(), step, batch_stream(), 5, log_every=2, show_progress=False)
 
 

@@ -50,6 +50,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
+from mhr_jax import errors
 from mhr_jax.models.t5_config import T5Config
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -284,8 +285,14 @@ def params_to_hf_state_dict(params: Mapping[str, Any], config: T5Config, *,
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(path)
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise errors.CorruptInputError(
+        f"cannot read {path} ({errors.one_line(e)}, {os.path.getsize(path)} bytes): the file is "
+        "truncated or not safetensors; copy the checkpoint again") from None
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -321,7 +328,7 @@ def read_hf_state_dict(directory: str) -> dict[str, np.ndarray]:
     return index(TORCH_INDEX_NAME, _read_torch)
   if os.path.exists(os.path.join(directory, TORCH_NAME)):
     return _read_torch(os.path.join(directory, TORCH_NAME))
-  raise FileNotFoundError(
+  raise errors.MissingInputError(
       f"no weights in {directory!r}: expected one of {SAFETENSORS_NAME}, "
       f"{SAFETENSORS_INDEX_NAME}, {TORCH_NAME}, {TORCH_INDEX_NAME}; found "
       f"{sorted(os.listdir(directory))}")
@@ -359,13 +366,14 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, di
   """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"HF checkpoint directory {directory!r} does not exist (only local directories are "
         "read; nothing is downloaded -- fetch the model with `huggingface-cli download` or "
         "`save_pretrained` first)")
   config_path = os.path.join(directory, CONFIG_NAME)
   if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: {directory!r} is not a HF checkpoint dir")
+    raise errors.MissingInputError(
+        f"{config_path} not found: {directory!r} is not a HF checkpoint dir")
   state_dict = read_hf_state_dict(directory)
   if "tie_word_embeddings" not in config_overrides:
     config_overrides["tie_word_embeddings"] = not _is_untied(state_dict)

@@ -15,17 +15,32 @@ the same seed and skips the `step` batches already trained on.
 Atomicity: Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
 it to `<step>` only once every file is written. A save that dies midway
 leaves only the tmp directory, which no step listing reports and which the
-next `CheckpointStore` on the directory deletes.
+next `CheckpointStore` on the directory deletes. A save that runs out of
+space raises `errors.DiskFullError` after deleting its tmp directory.
+
+Restore is defensive (docs/DESIGN.md, "Failure model"): without an explicit
+step it tries the steps newest-first, skips (with one warning each, naming
+the directory) any that cannot be read or that hold NaN/inf values, and
+fails with one line listing the steps tried only when none restores.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
+import shutil
 from typing import Any, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from mhr_jax import errors
+from mhr_jax.training.finite import count_nonfinite
+
+log = logging.getLogger(__name__)
 
 _STATE = "state"
 _EXTRA = "extra"
@@ -42,6 +57,19 @@ def _abstract(target: Any) -> Any:
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     return x
   return jax.tree.map(leaf, target)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """Whether `error` (or an error it wraps) is ENOSPC / EDQUOT."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class CheckpointStore:
@@ -102,31 +130,85 @@ class CheckpointStore:
                                  _EXTRA: ocp.args.JsonSave(dict(extra or {}))})
     if force and step in self.all_steps():
       return False
-    return self._manager.save(int(step), args=args, force=force)
+    try:
+      return self._manager.save(int(step), args=args, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_disk_full(e):
+        raise
+      removed = self._remove_partial(step)
+      raise errors.DiskFullError(
+          f"disk full while writing checkpoint step {step} to {self.directory} "
+          f"({errors.one_line(e)}); removed the partial {removed or 'files'}; free space and "
+          "rerun the same command to resume from the previous checkpoint") from None
 
-  def restore(self, step: Optional[int] = None,
-              target: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Reads step `step` (default: the latest).
+  def _remove_partial(self, step: int) -> list[str]:
+    """Deletes the tmp directories a failed save of `step` left; returns their names."""
+    removed = []
+    for path in self.directory.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path.name)
+    return removed
+
+  def is_due(self, step: int) -> bool:
+    """Whether `save(step, ...)` without force would write (a multiple of save_every_steps)."""
+    return bool(self._manager.should_save(int(step)))
+
+  def read_extra(self, step: int) -> Optional[dict[str, Any]]:
+    """The `extra` JSON of `step`, read without touching the arrays; None if unreadable."""
+    path = self.directory / str(int(step)) / _EXTRA / "metadata"
+    try:
+      return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+      return None
+
+  def delete(self, step: int) -> None:
+    self._manager.delete(int(step))
+
+  def restore(self, step: Optional[int] = None, target: Any = None,
+              check_finite: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Reads step `step`, or the newest step that restores.
 
     Args:
-      step: which step; None for the latest.
+      step: which step; None tries every step newest-first (see the module
+        docstring) and returns the first that reads and is finite.
       target: the state's structure, as ShapeDtypeStructs with `.sharding`
         (or arrays, whose sharding is reused); arrays are restored straight
         onto those shardings, so the layout may differ from the saved one.
         None reuses the saved shardings (same devices only).
+      check_finite: refuse a restored state holding NaN/inf values.
     Returns:
       (state, extra).
     Raises:
-      FileNotFoundError: no checkpoint, or no step `step`.
+      FileNotFoundError (errors.MissingInputError): no checkpoint, or no step `step`.
+      errors.CheckpointError: no step could be restored (one line: the steps tried).
     """
     steps = self.all_steps()
-    if step is None:
-      if not steps:
-        raise FileNotFoundError(f"no checkpoints in {self.directory}")
-      step = steps[-1]
-    elif step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
-                              f"available steps: {steps}")
+    if not steps:
+      raise errors.MissingInputError(f"no checkpoints in {self.directory}")
+    if step is not None and step not in steps:
+      raise errors.MissingInputError(f"no checkpoint for step {step} in {self.directory}; "
+                                     f"available steps: {steps}")
+    candidates = [int(step)] if step is not None else steps[::-1]
+    problems = []
+    for s in candidates:
+      try:
+        state, extra = self._restore_step(s, target)
+      except Exception as e:  # pylint: disable=broad-except  (TensorStore/JSON/OS errors)
+        problem = f"unreadable ({errors.one_line(e)[:200]})"
+      else:
+        bad, total = count_nonfinite(state) if check_finite else (0, 0)
+        if not bad:
+          return state, extra
+        problem = f"non-finite ({bad} of {total} arrays hold NaN/inf)"
+      problems.append(f"{s}: {problem.split(' (')[0]}")
+      if step is None:
+        log.warning("checkpoint step %d in %s is %s; skipping it", s,
+                    self.directory / str(s), problem)
+    raise errors.CheckpointError(
+        f"no checkpoint in {self.directory} could be restored: tried steps "
+        f"{', '.join(problems)}; delete the directory (or the bad steps) to start over")
+
+  def _restore_step(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     state_args = (ocp.args.StandardRestore(_abstract(target)) if target is not None
                   else ocp.args.StandardRestore())
     restored = self._manager.restore(

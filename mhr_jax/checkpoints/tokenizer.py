@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from mhr_jax import errors
+
 # Any one of these marks a directory that holds a saved tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 
@@ -17,11 +19,11 @@ def load_tokenizer(directory: str):
   """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"tokenizer directory {directory!r} does not exist (only local directories are read; "
         "nothing is downloaded)")
   if not any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"no tokenizer in {directory!r}: expected one of {list(TOKENIZER_FILES)}, found "
         f"{sorted(os.listdir(directory))} (save one with `tokenizer.save_pretrained(dir)`)")
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top

@@ -14,6 +14,7 @@ from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import compile as compile_stage  # registers compile_steps with gin
 from mhr_jax.experiment import stages
 from mhr_jax.experiment.multitask_report import multitask_report
+from mhr_jax.experiment import run_lock, validation
 
 
 StageError = stages.StageError
@@ -72,6 +73,9 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     _check_choice("method", m, METHODS)
   for m in zero_shot_methods:
     _check_choice("zero-shot method", m, stages.mu_methods())
+  # Names, numbers and output_dir, before any model is built; then one run per output_dir.
+  validation.check_run(stage, output_dir, adapt_methods, zero_shot_methods)
+  run_lock.hold(output_dir)
   t0 = time.time()
   if stage == "multitask":
     return {"stage_dir": stages.train_multitask(output_dir)}

@@ -20,6 +20,7 @@ import gin
 import jax
 from tensorboardX import SummaryWriter
 
+from mhr_jax import errors
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.checkpoints import orbax as orbax_store
@@ -40,13 +41,14 @@ from mhr_jax.training.multiple_choice import MultipleChoiceLoss
 from mhr_jax.training.optimizer import OptimizerConfig
 from mhr_jax.training.state import saved_params
 from mhr_jax.training.trainer import Trainer
+from mhr_jax.training.checkpointing import StoreCheckpoint, report_saved_checkpoint
 
 log = logging.getLogger(__name__)
 
 STAGES = ("multitask", "adapt", "zero_shot", "eval", "pipeline", "compile")
 
 
-class StageError(ValueError):
+class StageError(errors.ConfigError):
   """An unknown stage or method name; the message lists the valid ones."""
 
 
@@ -94,8 +96,9 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   pretrained = None
   if hf_checkpoint:
     if not os.path.isdir(hf_checkpoint):
-      raise FileNotFoundError(f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a "
-                              "local Hugging Face T5 checkpoint (nothing is downloaded)")
+      raise errors.MissingInputError(
+          f"hf_checkpoint={hf_checkpoint!r} is not a directory; give a local Hugging Face T5 "
+          "checkpoint (nothing is downloaded)")
     # Architecture from the checkpoint; numerics (dtype, scan, remat) from model_config.
     numerics = {f: getattr(model_config, f) for f in _NUMERICS} if model_config else {}
     model_config, pretrained = load_hf_checkpoint(hf_checkpoint, **numerics)
@@ -110,17 +113,18 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   adapter = methods.multitask_adapter_config(method, adapter_config or AdapterConfig(),
                                              n_tasks=len(table))
   model = T5(model_config, adapter=adapter)
+  store = orbax_store.CheckpointStore(os.path.join(stage_dir, "checkpoints"),
+                                      save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
+  extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
+           "adapter_config": dataclasses.asdict(adapter) if adapter else None,
+           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
+  StoreCheckpoint(store, extra, steps).check_config()  # before building anything
   partitioner = mesh.build()
   params = init_params(model, jax.random.PRNGKey(seed), partitioner)
   if pretrained is not None:
     params = fill_from(params, pretrained)
   trainable = methods.trainable_predicate(method, stage="multitask",
                                           train_backbone=train_backbone)
-  store = orbax_store.CheckpointStore(os.path.join(stage_dir, "checkpoints"),
-                                      save_every_steps=checkpoint_every, keep_last=keep_checkpoints)
-  extra = {"task_ids": table, "method": method, "model_config": dataclasses.asdict(model_config),
-           "adapter_config": dataclasses.asdict(adapter) if adapter else None,
-           "hf_checkpoint": hf_checkpoint, "vocabulary": data.vocabulary, "mixture": mixture}
   batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
   truncation = stage_data.truncation_report(mixture)
   if truncation is not None:
@@ -152,10 +156,11 @@ def load_multitask(stage_dir: str):
   """Restores (model_config, adapter_config, params, extra) from a multi-task stage dir."""
   ckpt_dir = os.path.join(stage_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"no multi-task checkpoint under {stage_dir!r} "
-                            f"(expected {ckpt_dir}); run the 'multitask' stage first")
+    raise errors.MissingInputError(f"no multi-task checkpoint under {stage_dir!r} "
+                                   f"(expected {ckpt_dir}); run the 'multitask' stage first")
   store = orbax_store.CheckpointStore(ckpt_dir)
   state, extra = store.restore()
+  report_saved_checkpoint(stage_dir, int(state["step"]), extra)
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
   return model_config, adapter, saved_params(state), extra

@@ -17,6 +17,7 @@ import numpy as np
 
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.partitioning import Partitioner
+from mhr_jax.training.checkpointing import StoreCheckpoint
 from mhr_jax.training.loop import train_loop
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax.param_tree import flatten as flatten_params
@@ -110,22 +111,21 @@ class Trainer:
     `params` must already be on the partitioner's mesh (`place_params`).
     on_step(state, step), if given, runs after every step (after checkpointing).
     """
+    if store is not None and on_step is not None:
+      raise ValueError("Trainer.run takes a checkpoint store or an on_step hook, not both")
     state = self.init_state(params, trainable_fn, seed)
-    if store is not None and store.latest_step() is not None:
-      state, _ = store.restore(target=state)  # restored onto the state's shardings
-      log.info("%s: resumed from step %d", description, int(state.step))
-    step = self.jit_step(jax.tree.map(lambda x: x.sharding, state))
     ckpt = None
-    if store is not None or on_step is not None:
-      def ckpt(s, done):
-        if store is not None:
-          store.save(done, s, extra or {}, force=done == self.steps)
-        if on_step is not None:
-          on_step(s, done)
+    if store is not None:  # resume: config check, newest usable step, history
+      ckpt = StoreCheckpoint(store, extra, self.steps, description)
+      state = ckpt.resume(state)  # restored onto the state's shardings
+    elif on_step is not None:
+      ckpt = lambda s, done, force=False: on_step(s, done)
+    step = self.jit_step(jax.tree.map(lambda x: x.sharding, state))
     state, history = train_loop(
         state, step, itertools.islice(batches, int(state.step), None), self.steps,
         put_batch=self._put_batch, writer=writer, log_every=log_every, checkpoint_fn=ckpt,
-        description=description, show_progress=show_progress)
+        description=description, show_progress=show_progress,
+        history=ckpt.history if store is not None else None)
     if store is not None:
       store.wait_until_finished()
     return state, history

@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from mhr_jax import errors
 from tasks import splits
 from tasks.bigbench.parse import parse_examples
 
@@ -94,7 +95,7 @@ def build_store(cache_dir: str) -> dict:
 def read_index(cache_dir: str) -> dict:
   path = os.path.join(cache_dir, INDEX)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"no BIG-bench data at {cache_dir!r} (missing {INDEX}): run `python -m tasks.bigbench "
         "prepare` (add --cache_dir DIR and set MHR_JAX_BIGBENCH_DIR=DIR for another place)")
   with open(path) as f:
