@@ -131,6 +131,7 @@ def _choice_batch(batch_size: int, num_choices: int, input_length: int,
 class BuiltStep:
   """A step as the stages jit it, and how to lower it from abstract arguments."""
   lower: Callable[[], jax.stages.Lowered]
+  args: tuple               # the abstract arguments of the jitted function (with shardings)
   params_abstract: Any      # unboxed abstract parameters (for the byte counts)
   params_shardings: Any
   state_args: Any = None    # (train steps) the abstract (step, trainable, opt_state, rng)
@@ -158,8 +159,9 @@ def build_train_step(model: T5, method: str, stage: str, optimizer_config: Optim
       jax.random.PRNGKey(0)), state_sh)
   step = trainer.jit_step(state_sh)
   batch = _batch_abstract(host_batch, partitioner)
-  return BuiltStep(lambda: step.lower(state, batch), params, params_sh,
-                   state_args=(state.step, state.trainable, state.opt_state, state.rng))
+  mutable = (state.step, state.trainable, state.opt_state, state.rng)
+  return BuiltStep(lambda: step.lower(state, batch), (mutable, state.frozen, batch), params,
+                   params_sh, state_args=mutable)
 
 
 def build_eval_step(model: T5, kind: str, data: DataConfig, partitioner: Partitioner,
@@ -180,12 +182,13 @@ def build_eval_step(model: T5, kind: str, data: DataConfig, partitioner: Partiti
     per_batch = -(-max(1, evaluator.batch_size // num_choices) // rows) * rows
     batch = _batch_abstract(_choice_batch(per_batch, num_choices, data.input_length,
                                           data.target_length), partitioner)
-    return BuiltStep(lambda: evaluator._score.lower(params, batch), params, params_sh)
+    return BuiltStep(lambda: evaluator._score.lower(params, batch), (params, batch), params,
+                     params_sh)
   batch = _batch_abstract({k: v for k, v in example_batch(
       evaluator.batch_size, data.input_length, data.target_length).items()
                            if k in ("encoder_input_tokens", "task_ids")}, partitioner)
-  return BuiltStep(lambda: evaluator._decode.lower(params, batch["encoder_input_tokens"],
-                                                   batch["task_ids"]), params, params_sh)
+  args = (params, batch["encoder_input_tokens"], batch["task_ids"])
+  return BuiltStep(lambda: evaluator._decode.lower(*args), args, params, params_sh)
 
 
 # --- Compiling and measuring ----------------------------------------------------------
