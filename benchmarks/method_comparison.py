@@ -74,13 +74,47 @@ def group_methods(methods: Sequence[str], overrides: Sequence[str] = ()) -> dict
   return groups
 
 
-def _cell(stats: Mapping[str, float]) -> str:
-  return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+def _cell(summary: Mapping, metric: str) -> str:
+  from mhr_jax.evaluation.intervals import format_interval, task_average_interval  # pylint: disable=g-import-not-at-top
+  return format_interval(task_average_interval(summary, metric))
+
+
+def shots_plot(shots: Mapping[str, Mapping[int, Mapping]], path: str) -> str:
+  """PNG: held-out exact match (± 95 % interval) against the number of shots, one line per method.
+
+  shots: {method: {k: aggregate summary}}.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation.intervals import task_average_interval  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method, by_k in shots.items():
+    ks = sorted(by_k)
+    iv = [task_average_interval(by_k[k], "exact_match") for k in ks]
+    ax.errorbar(ks, [i["mean"] for i in iv], yerr=[i["half_width"] for i in iv], marker="o",
+                capsize=3, label=method)
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(sorted({k for by_k in shots.values() for k in by_k}))
+  ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.set_xlabel("shots (training examples of the held-out task)")
+  ax.set_ylabel("held-out exact match (%)")
+  ax.set_title("Synthetic benchmark: few-shot adaptation (95 % intervals)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
 
 
 def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequence[str]],
                      *, command: str, machine: Mapping, commit: str, settings: Mapping,
-                     wall_s: Mapping[str, float]) -> str:
+                     wall_s: Mapping[str, float], multitask: Mapping[str, Mapping] = {},
+                     shots: Mapping[str, Mapping[int, Mapping]] = {},
+                     shots_png: str = "") -> str:
   """docs/RESULTS.md: the method table, a per-task table and how it was made.
 
   summaries: {method: {task: {metric: {mean, std, n}}, 'average': {...}}} as
@@ -95,7 +129,8 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
       "Few-shot adaptation to the 8 held-out skill compositions after multi-task "
       "pre-training on the 24 training compositions (`configs/experiments/synthetic.gin`). "
       "Exact match and Rouge-L in %, on each held-out task's test split; each cell is the "
-      "mean over tasks, ± the standard deviation over seeds of that mean.", "",
+      "mean over tasks ± its 95 % interval over seeds (tasks fixed; "
+      "`mhr_jax.evaluation.intervals`).", "",
       f"Command: `{command}`  ",
       f"Commit: `{commit}`  ",
       f"Machine: {machine.get('cpu_model') or machine.get('processor', '?')}, {machine.get('cpu_count', '?')} cores, "
@@ -107,9 +142,34 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
   ]
   for m in methods:
     avg = summaries[m]["average"]
-    lines.append(f"| {m} | {pretrain.get(m, '?')} | {_cell(avg['exact_match'])} | "
-                 f"{_cell(avg['rouge_l'])} | {avg['exact_match']['n']} |")
-  lines += ["", "Ordering by exact match: " + " > ".join(ranked) + ".", "",
+    lines.append(f"| {m} | {pretrain.get(m, '?')} | {_cell(summaries[m], 'exact_match')} | "
+                 f"{_cell(summaries[m], 'rouge_l')} | {avg['exact_match']['n']} |")
+  lines += ["", "Ordering by exact match: " + " > ".join(ranked) + ".", ""]
+  if multitask:
+    lines += ["## Multi-task stage: training tasks and routing recovery", "",
+              "| multi-task stage | training-task exact match (lowest task) | routing recovery "
+              "(mean over heads / all heads) | permutation baseline (mean ± std, 95th pct) |",
+              "|---|---:|---:|---:|"]
+    for g, nums in multitask.items():
+      em = (f"{nums['train_exact_match']:.2f} ({nums['train_exact_match_min']:.2f})"
+            if "train_exact_match" in nums else "")
+      rec = nums.get("routing_recovery")
+      rec_s = f"{rec['mean_over_heads']:.3f} / {rec['all_heads']:.3f}" if rec else "(not routed)"
+      perm = (f"{rec['permutation']['mean']:.3f} ± {rec['permutation']['std']:.3f}, "
+              f"{rec['permutation']['q95']:.3f}" if rec else "")
+      lines.append(f"| {g} | {em} | {rec_s} | {perm} |")
+    lines.append("")
+  if shots:
+    ks = sorted({k for by_k in shots.values() for k in by_k})
+    lines += ["## Exact match against the number of shots", "",
+              f"![held-out exact match vs shots]({os.path.basename(shots_png)})", "",
+              "| method | " + " | ".join(f"k = {k}" for k in ks) + " |",
+              "|---|" + "---:|" * len(ks)]
+    for m, by_k in shots.items():
+      lines.append(f"| {m} | " + " | ".join(_cell(by_k[k], "exact_match") if k in by_k else ""
+                                            for k in ks) + " |")
+    lines.append("")
+  lines += [
             "## Per task (exact match, mean over seeds)", "",
             "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
   tasks = sorted({t for m in methods for t in summaries[m] if t != "average"})
@@ -143,6 +203,9 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--results", default=os.path.join(ROOT, "docs", "RESULTS.md"),
                       help="the Markdown file to write")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  parser.add_argument("--shots", default="4,16,64",
+                      help="comma-separated few-shot k for the shots plot ('' skips it); the "
+                      "k of the main table is reused")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -159,7 +222,7 @@ def main(argv: Sequence[str]) -> int:
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
   from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
   from mhr_jax.evaluation.results import write_atomic  # pylint: disable=g-import-not-at-top
-  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import pipeline, stages  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
@@ -167,7 +230,8 @@ def main(argv: Sequence[str]) -> int:
 
   commit = _commit()  # before the runs: the code they ran
   groups = group_methods(methods, overrides)
-  summaries, wall, settings = {}, {}, {}
+  summaries, wall, settings, multitask, shots = {}, {}, {}, {}, {}
+  ks = [int(k) for k in args.shots.split(",") if k]
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
   for multitask_method, adapt in groups.items():
     zero_shot = [] if args.no_zero_shot else [m for m in adapt if m.endswith("_mu")]
@@ -184,13 +248,28 @@ def main(argv: Sequence[str]) -> int:
     if zero_shot:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
     t0 = time.time()
+    group_dir = os.path.join(args.output_dir, multitask_method)
     summaries.update(pipeline.run())
+    report = os.path.join(group_dir, "multitask_report.json")
+    if os.path.exists(report):
+      with open(report, encoding="utf-8") as f:
+        multitask[multitask_method] = json.load(f)
+    main_k = gin.query_parameter("adapt_heldout.k")
+    for m in adapt:
+      for k in ks:
+        shots.setdefault(m, {})[k] = summaries[m] if k == main_k else stages.adapt_heldout(
+            os.path.join(group_dir, f"k{k}"), method=m, k=k,
+            multitask_dir=os.path.join(group_dir, "multitask"))
     wall[multitask_method] = time.time() - t0
   gin.clear_config()
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
+  shots_png = os.path.join(os.path.dirname(os.path.abspath(args.results)), "shots.png")
+  if shots:
+    shots_plot(shots, shots_png)
   text = results_markdown(summaries, groups, command=command.strip(),
                           machine={**common.machine_info(), "cpu_count": os.cpu_count()},
-                          commit=commit, settings=settings, wall_s=wall)
+                          commit=commit, settings=settings, wall_s=wall, multitask=multitask,
+                          shots=shots, shots_png=shots_png)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   notes = kept_notes(args.results)
   write_atomic(args.results, text + ("\n" + notes if notes else ""))

@@ -20,6 +20,17 @@ import numpy as np
 from tasks import registry, sources
 
 
+# Families whose few-shot validation split is the k records drawn right after
+# the k training ones (same seeded permutation of the parent's train split)
+# instead of the parent's validation split (Super-NaturalInstructions, mttl).
+_VALIDATION_AFTER_TRAIN: set[str] = set()
+
+
+def set_validation_after_train(family: str, enabled: bool = True) -> None:
+  """Few-shot tasks of `family` validate on the k records drawn after their k training ones."""
+  (_VALIDATION_AFTER_TRAIN.add if enabled else _VALIDATION_AFTER_TRAIN.discard)(family)
+
+
 def fewshot_task_name(task: str, k: int, seed: int) -> str:
   return f"{task}_k{int(k)}_s{int(seed)}"
 
@@ -94,6 +105,12 @@ def register_fewshot_task(task: str, k: int, seed: int, *, balanced: bool = Fals
     return name
 
   def load_split(split: str) -> list[dict]:
+    if split == "validation" and parent.family in _VALIDATION_AFTER_TRAIN and not balanced:
+      records = registry.formatted_records(task, "train")
+      if not 0 < 2 * k <= len(records):
+        raise ValueError(f"cannot draw k={k} training and k validation examples from {task} "
+                         f"with {len(records)} examples")
+      return [records[i] for i in sorted(_rng(task, seed).permutation(len(records))[k:2 * k])]
     records = registry.formatted_records(task, split)
     if split == "train":
       records = [records[i] for i in select_fewshot(records, k, seed, task=task,

@@ -1,18 +1,32 @@
 """Text metrics in percent (as t5 metrics report them): exact match, Rouge-L, accuracy.
 
 `targets` may hold one reference string per example or a list of acceptable
-references; an example scores its best reference (BIG-bench and
-Super-NaturalInstructions list several valid answers).
+references (BIG-bench and Super-NaturalInstructions list several valid
+answers). Which references an example is scored against (`reference`):
+
+- "max": its best reference (the official Super-NaturalInstructions script,
+  `eval/automatic/evaluation.py`, `metric_max_over_ground_truths`);
+- "sampled": one reference drawn per example, as mttl's fine-tuning
+  evaluation does (`random.choice` of the instance outputs in its NI
+  collator, mttl/datamodule/ni_original_data_module.py:237, scored in
+  mttl/models/encoder_decoder.py:207); drawn here from a fixed seed and
+  the example's position, so the choice is reproducible.
 """
 
 from __future__ import annotations
 
-import re
+import functools
+import random
+import string
 from typing import Mapping, Sequence, Union
 
+import gin
 import numpy as np
+from rouge_score import rouge_scorer
 
 Reference = Union[str, Sequence[str]]
+REFERENCE_CHOICES = ("max", "sampled")
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 def _references(target: Reference) -> list[str]:
@@ -27,56 +41,68 @@ def _check_lengths(targets: Sequence, predictions: Sequence) -> None:
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
 
 
-def exact_match(targets: Sequence[Reference], predictions: Sequence[str]) -> float:
-  """Percentage of predictions equal to one of their references.
+def scored_references(targets: Sequence[Reference], reference: str,
+                       seed: int = 0) -> list[list[str]]:
+  """The references each example is scored against under `reference`."""
+  if reference not in REFERENCE_CHOICES:
+    raise ValueError(f"reference={reference!r}; valid choices: {list(REFERENCE_CHOICES)}")
+  refs = [_references(t) for t in targets]
+  if reference == "max":
+    return refs
+  return [[random.Random(seed * 1_000_003 + i).choice(r)] for i, r in enumerate(refs)]
 
-  Comparison is case-sensitive (the synthetic `uppercase` skill depends on
-  case) after stripping surrounding whitespace.
-  """
+
+def _mean_best(score, targets: Sequence[Reference], predictions: Sequence[str],
+               reference: str, seed: int) -> float:
+  """100 x mean over examples of max over scored references of score(reference, prediction)."""
   _check_lengths(targets, predictions)
   if not predictions:
     return float("nan")
-  hits = [any(p.strip() == r.strip() for r in _references(t))
-          for t, p in zip(targets, predictions)]
-  return 100.0 * float(np.mean(hits))
+  refs = scored_references(targets, reference, seed)
+  return 100.0 * float(np.mean([max(score(r, p) for r in rs)
+                                for rs, p in zip(refs, predictions)]))
+
+
+def normalize_answer(text: str) -> str:
+  """The official Super-NaturalInstructions normalisation: lower-case, drop punctuation,
+  collapse whitespace (SQuAD's, without its article removal)."""
+  text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+  return " ".join(text.split())
+
+
+def exact_match(targets: Sequence[Reference], predictions: Sequence[str],
+                normalize: bool = False, reference: str = "max", seed: int = 0) -> float:
+  """Percentage of predictions equal to a scored reference.
+
+  normalize=False compares case-sensitively after stripping surrounding
+  whitespace (the synthetic `uppercase` skill depends on case);
+  normalize=True compares `normalize_answer` forms (Super-NaturalInstructions).
+  """
+  norm = normalize_answer if normalize else str.strip
+  return _mean_best(lambda r, p: float(norm(p) == norm(r)), targets, predictions,
+                    reference, seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_l_scorer() -> rouge_scorer.RougeScorer:
+  return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_tokens(text: str) -> list[str]:
-  """rouge_score's default tokenisation: lowercase, split on non-alphanumerics."""
-  return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-  """Length of the longest common subsequence (O(len(a) * len(b)) dynamic programme)."""
-  if not a or not b:
-    return 0
-  prev = [0] * (len(b) + 1)
-  for x in a:
-    cur = [0]
-    for j, y in enumerate(b):
-      cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-    prev = cur
-  return prev[-1]
+  """rouge_score's tokenisation with the Porter stemmer (lower-case, alphanumeric runs)."""
+  return _rouge_l_scorer()._tokenizer.tokenize(text)  # pylint: disable=protected-access
 
 
 def rouge_l_fmeasure(reference: str, prediction: str) -> float:
-  """Rouge-L F1 of one prediction against one reference, in [0, 1]."""
-  ref, pred = rouge_tokens(reference), rouge_tokens(prediction)
-  lcs = _lcs_length(ref, pred)
-  if lcs == 0:
-    return 0.0
-  precision, recall = lcs / len(pred), lcs / len(ref)
-  return 2 * precision * recall / (precision + recall)
+  """Rouge-L F1 of one prediction against one reference, in [0, 1] (`rouge_score`,
+  Porter stemmer: the official Super-NaturalInstructions setting)."""
+  return _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
-def rouge_l(targets: Sequence[Reference], predictions: Sequence[str]) -> float:
-  """Mean over examples of the best Rouge-L F-measure over references, in percent."""
-  _check_lengths(targets, predictions)
-  if not predictions:
-    return float("nan")
-  scores = [max(rouge_l_fmeasure(r, p) for r in _references(t))
-            for t, p in zip(targets, predictions)]
-  return 100.0 * float(np.mean(scores))
+def rouge_l(targets: Sequence[Reference], predictions: Sequence[str],
+            reference: str = "max", seed: int = 0) -> float:
+  """Mean over examples of the Rouge-L F-measure against the scored references, in percent."""
+  return _mean_best(rouge_l_fmeasure, targets, predictions, reference, seed)
 
 
 def accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
@@ -114,11 +140,17 @@ def multiple_choice_grade(scores: Sequence[Sequence[float]],
                                 for s, c in zip(scores, choice_scores)]))
 
 
-def generation_metrics(targets: Sequence[Reference],
-                       predictions: Sequence[str]) -> Mapping[str, float]:
-  """seqio-style metric_fn: {'exact_match', 'rouge_l'} in percent."""
-  return {"exact_match": exact_match(targets, predictions),
-          "rouge_l": rouge_l(targets, predictions)}
+@gin.configurable(module="mhr_jax")
+def generation_metrics(targets: Sequence[Reference], predictions: Sequence[str], *,
+                       normalize: bool = False, reference: str = "max",
+                       seed: int = 0) -> Mapping[str, float]:
+  """seqio-style metric_fn: {'exact_match', 'rouge_l'} in percent.
+
+  normalize: exact match on `normalize_answer` forms; reference: "max" or
+  "sampled" (module docstring); seed: the draw of "sampled".
+  """
+  return {"exact_match": exact_match(targets, predictions, normalize, reference, seed),
+          "rouge_l": rouge_l(targets, predictions, reference, seed)}
 
 
 def exact_match_metric(targets: Sequence[Reference],

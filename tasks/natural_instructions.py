@@ -4,40 +4,54 @@ Expected layout (`data_dir`, default $MHR_JAX_NI_DIR or
 ~/.cache/mhr_jax/natural-instructions):
 
   tasks/<task>.json                  Definition, Positive Examples, Instances, ...
-  splits/default/train_tasks.txt     training task names (one per line)
-  splits/default/test_tasks.txt      held-out task names
+  splits/default/train_tasks.txt     training task names (one per line; 756)
+  splits/default/test_tasks.txt      held-out task names (119)
 
-Prompt (Tk-Instruct style, `num_positive` demonstrations):
+The paper's protocol (microsoft/mttl at tag mhr-camera-ready, c66b20d6;
+docs/PROTOCOL.md lists every setting with its source line):
 
-  Definition: <definition>
+Prompt (mttl's NI collator, mttl/datamodule/ni_original_data_module.py:103-124,
+with its default of no demonstrations):
 
-  Positive Example 1 -
-  Input: <input>
-  Output: <output>.
-
+  Task definition: <definition>.
   Now complete the following example -
-  Input: <instance input>
+  Input: <instance input>.
   Output:
 
+(a '.' is added only when the text does not already end in punctuation).
+
+Instances (mttl/dataloader/ni_original_dataset.py:175-190):
+- a training task keeps `instances_per_train_task` (100) of its instances,
+  drawn by a seeded shuffle ('train' split; no validation or test);
+- a held-out task is tested on its first `test_instances` (100; the
+  benchmark puts its label-balanced evaluation instances first), and its
+  few-shot data come from the rest: 'train' = 'validation' = instances[100:],
+  from which `tasks.fewshot` draws k training and, for this family, the next
+  k validation instances of the same seeded permutation (mttl: 32 + 32).
+
 Target: the instance's first output; every output counts at evaluation
-(exact match, Rouge-L). Instances are split per task by
-`tasks.splits.split_examples`; task ids: training tasks, then test tasks.
+(exact match, Rouge-L). Task ids: training tasks, then test tasks.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import string
 from typing import Any, Mapping, Optional
 
+import numpy as np
 import seqio
 
 from tasks import metrics
-from tasks import mixtures, registry, sources, splits
+from tasks import fewshot, mixtures, registry, sources
 
 FAMILY = "natural_instructions"
 TRAIN_MIXTURE = "natural_instructions_train"
+# Seed of the training tasks' instance draw (mttl's default `seed`, mttl/config.py:198).
+TRAIN_INSTANCES_SEED = 42
 
 
 def default_dir() -> str:
@@ -62,51 +76,80 @@ def task_name(ni_task: str) -> str:
   return "ni_" + ni_task
 
 
-def _text(value: Any) -> str:
-  return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+def _first(value: Any) -> str:
+  """A field that the task files store as a list of strings (Definition) or a string."""
+  return str(value[0] if isinstance(value, list) and value else value or "").strip()
 
 
-def format_prompt(task: Mapping[str, Any], instance_input: str, num_positive: int = 2) -> str:
-  """The Tk-Instruct prompt: definition, `num_positive` demonstrations, the instance."""
-  parts = [f"Definition: {_text(task.get('Definition', '')).strip()}\n\n"]
+def _end_with_punctuation(text: str) -> str:
+  return text if text and text[-1] in string.punctuation else text + "."
+
+
+def format_prompt(task: Mapping[str, Any], instance_input: str, num_positive: int = 0) -> str:
+  """mttl's prompt: definition, `num_positive` demonstrations (paper: 0), the instance.
+
+  Demonstrations follow mttl's layout without the EOS token it writes after
+  each (a tokenizer-specific string).
+  """
+  parts = [_end_with_punctuation("Task definition: " + _first(task.get("Definition"))) + "\n"]
   for i, ex in enumerate(task.get("Positive Examples", [])[:num_positive]):
-    output = _text(ex["output"]).strip()
-    if not output.endswith("."):
-      output += "."
-    parts.append(f"Positive Example {i + 1} -\nInput: {_text(ex['input']).strip()}\n"
-                 f"Output: {output}\n\n")
-  parts.append(f"Now complete the following example -\nInput: {instance_input.strip()}\nOutput:")
+    parts.append(_end_with_punctuation(
+        f" Positive Example {i + 1} -\nInput: {_first(ex['input'])}") + "\n")
+    parts.append(_end_with_punctuation(f" Output: {_first(ex['output'])}") + "\n\n")
+  parts.append(_end_with_punctuation(
+      f"Now complete the following example -\nInput: {instance_input.strip()}") + "\nOutput:")
   return "".join(parts)
 
 
-def parse_task(task: Mapping[str, Any], num_positive: int = 2) -> list[dict]:
-  """Generative records (inputs, targets, answers) of a task's instances."""
+def parse_task(task: Mapping[str, Any], num_positive: int = 0) -> list[dict]:
+  """Generative records (inputs, targets, answers) of a task's instances, in file order."""
   records = []
   for inst in task.get("Instances", []):
     outputs = inst["output"] if isinstance(inst["output"], list) else [inst["output"]]
     outputs = [str(o) for o in outputs]
     if outputs:
       records.append(sources.generative_record(
-          format_prompt(task, _text(inst["input"]), num_positive), outputs))
+          format_prompt(task, _first(inst["input"]), num_positive), outputs))
   return records
 
 
+def _instance_rng(ni_task: str, seed: int) -> np.random.Generator:
+  salt = int.from_bytes(hashlib.sha256(ni_task.encode("utf-8")).digest()[:4], "little")
+  return np.random.default_rng([int(seed), salt])
+
+
 @functools.lru_cache(maxsize=16)
-def load_splits(data_dir: str, ni_task: str, num_positive: int) -> dict[str, list]:
+def load_splits(data_dir: str, ni_task: str, num_positive: int, role: str,
+                instances_per_train_task: int = 100,
+                test_instances: int = 100) -> dict[str, list]:
+  """{split: records} of one task under the paper's protocol (module docstring)."""
   with open(os.path.join(data_dir, "tasks", f"{ni_task}.json"), encoding="utf-8") as f:
     records = parse_task(json.load(f), num_positive)
-  return splits.split_examples(task_name(ni_task), records)
+  if role == "train":
+    order = _instance_rng(ni_task, TRAIN_INSTANCES_SEED).permutation(len(records))
+    return {"train": [records[i] for i in sorted(order[:instances_per_train_task])]}
+  pool = records[test_instances:]
+  return {"train": pool, "validation": pool, "test": records[:test_instances]}
 
 
-def _load_split(data_dir: str, ni_task: str, num_positive: int, split: str) -> list[dict]:
-  return load_splits(data_dir, ni_task, num_positive)[split]
+def _load_split(data_dir: str, ni_task: str, num_positive: int, role: str,
+                instances_per_train_task: int, test_instances: int, split: str) -> list[dict]:
+  return load_splits(data_dir, ni_task, num_positive, role, instances_per_train_task,
+                     test_instances)[split]
 
 
 def register_natural_instructions(data_dir: Optional[str] = None,
                                   vocabulary: Optional[seqio.Vocabulary] = None,
-                                  num_positive: int = 2, cap: int = 1000) -> registry.Family:
+                                  num_positive: int = 0, cap: int = 1000,
+                                  instances_per_train_task: int = 100,
+                                  test_instances: int = 100,
+                                  fewshot_validation: bool = True) -> registry.Family:
   """Registers `ni_<task>` for the default train and test tasks, and `natural_instructions_train`
-  (rates: training examples, counted lazily, capped at `cap`)."""
+  (rates: training examples, counted lazily, capped at `cap`).
+
+  fewshot_validation: a few-shot task's validation split holds the k
+  instances drawn after its k training ones (mttl's 32 + 32).
+  """
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_dir()))
   if not available(data_dir):
     raise FileNotFoundError(f"no Super-NaturalInstructions clone at {data_dir!r} (need "
@@ -117,17 +160,21 @@ def register_natural_instructions(data_dir: Optional[str] = None,
   present = lambda t: os.path.isfile(os.path.join(data_dir, "tasks", f"{t}.json"))
   train, test = [t for t in train if present(t)], [t for t in test if present(t)]
   for task_id, ni_task in enumerate(train + test):
+    role = "train" if task_id < len(train) else "heldout"
+    load = functools.partial(_load_split, data_dir, ni_task, num_positive, role,
+                             instances_per_train_task, test_instances)
     registry.add_task(registry.TaskSpec(
-        name=task_name(ni_task), family=FAMILY,
-        role="train" if task_id < len(train) else "heldout", kind=sources.GENERATIVE,
+        name=task_name(ni_task), family=FAMILY, role=role, kind=sources.GENERATIVE,
         source=sources.records_source(
-            functools.partial(_load_split, data_dir, ni_task, num_positive), sources.GENERATIVE),
+            load, sources.GENERATIVE,
+            ("train",) if role == "train" else ("train", "validation", "test")),
         task_id=task_id, metric_fns=(metrics.generation_metrics,),
         metric_names=("exact_match", "rouge_l")), vocabulary=vocabulary)
   fam = registry.Family(FAMILY, [task_name(t) for t in train], [task_name(t) for t in test],
                         TRAIN_MIXTURE if train else None,
                         sequence_length={"inputs": 1024, "targets": 128})
   registry.set_family(fam)
+  fewshot.set_validation_after_train(FAMILY, fewshot_validation)
   if train:
     mixtures.register_mixture(TRAIN_MIXTURE, FAMILY, fam.train_tasks, scheme="proportional",
                               cap=cap)

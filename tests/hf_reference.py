@@ -168,6 +168,29 @@ def hf_greedy_generate(model, encoder_ids, max_new_tokens: int) -> np.ndarray:
   return np.pad(tokens, ((0, 0), (0, max_new_tokens - tokens.shape[1])))
 
 
+def hf_beam_generate(model, encoder_ids, max_new_tokens: int, num_beams: int,
+                     length_penalty: float) -> np.ndarray:
+  """HF `generate(num_beams, length_penalty, early_stopping=False)` tokens [b, max_new_tokens].
+
+  Same layout as `hf_greedy_generate`: no start token, EOS kept, 0 after it
+  (transformers fills the positions after a hypothesis' EOS with EOS), right
+  padded with 0.
+  """
+  enc = _ids(encoder_ids)
+  with torch.no_grad():
+    out = model.generate(enc, attention_mask=(enc != 0).long(), do_sample=False,
+                         num_beams=num_beams, length_penalty=length_penalty,
+                         early_stopping=False, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                         decoder_start_token_id=0, eos_token_id=EOS_ID, pad_token_id=0,
+                         use_cache=model.config.num_decoder_layers <= model.config.num_layers)
+  tokens = np.pad(out[:, 1:].numpy(), ((0, 0), (0, max_new_tokens - out.shape[1] + 1)))
+  for row in tokens:
+    eos = np.flatnonzero(row == EOS_ID)
+    if eos.size:
+      row[eos[0] + 1:] = 0
+  return tokens
+
+
 # --- Our T5 on the same weights, and PEFT models on the fixed batch of tests/utils.py ---
 
 

@@ -24,7 +24,7 @@ def _summary(em_by_task: dict[str, list[float]]) -> dict:
   return aggregate(records)
 
 
-def test_results_markdown_orders_rows_and_reports_seed_spread():
+def test_results_markdown_orders_rows_and_reports_95_percent_intervals():
   summaries = {"mhr": _summary({"a": [10.0, 20.0], "b": [30.0, 40.0]}),
                "lora": _summary({"a": [5.0, 5.0], "b": [15.0, 25.0]})}
   text = mc.results_markdown(summaries, {"full": ["lora"], "mhr": ["mhr"]},
@@ -32,10 +32,11 @@ def test_results_markdown_orders_rows_and_reports_seed_spread():
                              machine={"cpu_model": "Test CPU", "cpu_count": 2, "jax": "0.x"},
                              settings={"adapt_heldout.k": 16}, wall_s={"full": 12.0, "mhr": 30.0})
   rows = [l for l in text.splitlines() if l.startswith("| lora |") or l.startswith("| mhr |")]
-  # lora first (baselines lead); task means 5 / 20 -> 12.5, seed means 10 / 15 -> std 2.5.
-  assert rows[0] == "| lora | full | 12.50 ± 2.50 | 13.50 ± 2.50 | 2 |"
-  # mhr: (15 + 35) / 2 = 25; seed means 20 / 30 -> std 5.
-  assert rows[1] == "| mhr | mhr | 25.00 ± 5.00 | 26.00 ± 5.00 | 2 |"
+  # lora first (baselines lead); task means 5 / 20 -> 12.5. Seed variances (ddof 1) 0 and
+  # 50: standard error sqrt(0/2 + 50/2) / 2 = 2.5, t(0.975, df 2) = 4.303 -> ± 10.76.
+  assert rows[0] == "| lora | full | 12.50 ± 10.76 | 13.50 ± 10.76 | 2 |"
+  # mhr: (15 + 35) / 2 = 25; variances 50 and 50: sqrt(50) / 2 * 4.303 = 15.21.
+  assert rows[1] == "| mhr | mhr | 25.00 ± 15.21 | 26.00 ± 15.21 | 2 |"
   assert "Ordering by exact match: mhr > lora." in text
   assert "| a | 5.0 | 15.0 |" in text and "| b | 20.0 | 35.0 |" in text
   assert "Command: `python benchmarks/method_comparison.py`" in text and "Test CPU" in text
@@ -47,12 +48,14 @@ def test_one_group_runs_and_writes_results(tmp_path):
   notes = mc.NOTES_MARKER + "\n\n## Discussion\n\nWritten by hand.\n"
   results.write_text("# old numbers\n| shared_lora | 99.99 |\n\n" + notes)
   argv = ["--methods", "shared_lora", "--output_dir", str(tmp_path / "out"), "--results",
-          str(results), "--quiet"] + [f"--gin.{b.replace(' ', '')}" for b in MICRO]
+          str(results), "--quiet", "--shots", "4,16"] + [f"--gin.{b.replace(' ', '')}" for b in MICRO]
   assert mc.main(argv) == 0
   text = results.read_text()
   assert "| shared_lora | shared_lora |" in text and "seeds" in text
   assert "--methods shared_lora" in text
   assert "99.99" not in text and text.endswith(notes)  # numbers replaced, notes kept
+  assert (tmp_path / "shots.png").stat().st_size > 0 and "| k = 4 | k = 16 |" in text
+  assert "training-task exact match" in text
   summaries = json.loads((tmp_path / "out" / "summaries.json").read_text())
   assert summaries["shared_lora"]["average"]["exact_match"]["n"] == 2  # MICRO's two seeds
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # nothing half-written

@@ -58,7 +58,9 @@ def paper_data(tmp_path):
   """P3, T0 and NI families registered on fixtures; restored afterwards."""
   p3.register_p3(write_p3_dir(str(tmp_path / "p3")))
   t0.register_t0(source_fn=t0_fixture_source)
-  natural_instructions.register_natural_instructions(write_ni_clone(str(tmp_path / "ni")))
+  # The paper's instance protocol, shrunk: the fixture's test task has 20 instances.
+  natural_instructions.register_natural_instructions(
+      write_ni_clone(str(tmp_path / "ni")), instances_per_train_task=8, test_instances=10)
   gin.clear_config()
   yield
   gin.clear_config()
@@ -138,3 +140,10 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
   # The configuration in force, written by every run.
   with open(os.path.join(out, "config.gin")) as f:
     assert "adapt_heldout.steps = 2" in f.read()
+  if config == "t5xl_sni.gin":
+    # Evaluation ran 4-beam search and the SNI metrics (normalised EM, sampled reference).
+    operative = gin.operative_config_str()
+    for line in ("Evaluator.num_beams = 4", "generation_metrics.normalize = True",
+                 "generation_metrics.reference = 'sampled'",
+                 "make_train_step.label_smoothing = 0.1"):
+      assert line in operative, operative

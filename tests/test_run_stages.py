@@ -92,17 +92,20 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
       assert [h["step"] for h in json.load(f)] == [1, 2]  # trained on the training mixture
     with open(os.path.join(stage_dir, "results.json")) as f:
       records = json.load(f)["records"]
-    assert [r["task"] for r in records] == ["synthetic_caesar_then_uppercase"]
+    assert [r["task"] for r in records] == ["synthetic_up_def_then_up_mno_then_up_pqr"]
   # synthetic.gin: adapters adapt at 1e-2, full fine-tuning at 1e-3 (learning_rate_by_method).
-  assert rates == ([3e-3] + [1e-3 if m == "full" else 1e-2 for m in names] +
+  assert rates == ([1e-2] + [1e-3 if m == "full" else 1e-2 for m in names] +
                    [1e-3] * len(zero_shot))  # mu_zero_shot's default optimizer
   # Every reported score is the one recomputed independently from the predictions
-  # made (the adaptations in order, then the zero-shot runs).
+  # made (the training tasks of the multi-task checkpoint, the adaptations in order, then
+  # the zero-shot runs).
   records = []
-  for stage_dir in [f"adapt_{m}" for m in names] + [f"zero_shot_{m}" for m in zero_shot]:
+  for stage_dir in (["eval"] + [f"adapt_{m}" for m in names] +
+                    [f"zero_shot_{m}" for m in zero_shot]):
     with open(os.path.join(out, stage_dir, "results.json")) as f:
       records += json.load(f)["records"]
-  assert [r["seed"] for r in records[:2 * len(names)]] == [0, 1] * len(names)
+  assert len(records[:24]) == 24 and {r["seed"] for r in records[:24]} == {0}  # training tasks
+  assert [r["seed"] for r in records[24:24 + 2 * len(names)]] == [0, 1] * len(names)
   assert len(evaluations) == len(records)
   for r, expected in zip(records, evaluations):
     assert {m: r[m] for m in expected} == pytest.approx(expected)
@@ -112,6 +115,10 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   assert os.listdir(os.path.join(out, "multitask", "tensorboard"))
   routed = multitask_method in ("poly", "mhr")
   assert os.path.exists(os.path.join(out, "multitask", "routing.png")) == routed
+  # The summary reports the training tasks and, for routed methods, routing recovery.
+  assert "Training tasks after multi-task pre-training" in summary
+  assert ("Routing recovery" in summary) == routed
+  assert os.path.exists(os.path.join(out, "multitask", "routing_recovery.png")) == routed
   if multitask_method == "mhr":  # the eval stage restores the Orbax checkpoint
     with gin.unlock_config():
       gin.bind_parameter("evaluate_checkpoint.max_eval_examples", 2)

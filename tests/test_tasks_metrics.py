@@ -27,6 +27,32 @@ def test_rouge_l_matches_hand_computed_lcs_f_measure():
                              100 * (f + 0.25) / 2)
 
 
+def test_rouge_l_stems_as_the_official_sni_metric():
+  # Porter stemmer (rouge_score, use_stemmer=True): cats/cat, running/run match.
+  assert metrics.rouge_tokens("The cats were running") == ["the", "cat", "were", "run"]
+  assert metrics.rouge_l_fmeasure("the cat runs", "the cats running") == 1.0
+
+
+def test_normalized_exact_match_is_the_official_sni_one():
+  # Lower-case, punctuation and extra whitespace dropped; articles are kept.
+  assert metrics.normalize_answer("  The  Answer, is: YES! ") == "the answer is yes"
+  assert metrics.exact_match(["Yes."], ["yes"], normalize=True) == 100.0
+  assert metrics.exact_match(["Yes."], ["yes"]) == 0.0
+  assert metrics.exact_match(["a dog"], ["dog"], normalize=True) == 0.0
+
+
+def test_reference_choice_max_or_one_sampled_reference():
+  targets = [["wrong %d" % i, "right"] for i in range(40)]
+  preds = ["right"] * 40
+  assert metrics.rouge_l(targets, preds, reference="max") == 100.0
+  sampled = metrics.rouge_l(targets, preds, reference="sampled")
+  assert 20.0 < sampled < 80.0  # about half the examples drew the other reference
+  assert metrics.rouge_l(targets, preds, reference="sampled") == sampled  # reproducible
+  assert metrics.exact_match(targets, preds, reference="sampled") == sampled
+  with pytest.raises(ValueError, match="valid choices"):
+    metrics.rouge_l(targets, preds, reference="first")
+
+
 def test_rank_classification_accuracy_from_scores():
   scores = [[-1.0, -0.5], [-3.0, -4.0, -2.0], [0.0, -1.0]]
   assert metrics.rank_classification_accuracy(scores, [1, 2, 1]) == pytest.approx(200 / 3)
@@ -36,4 +62,5 @@ def test_rank_classification_accuracy_from_scores():
 def test_seqio_style_metric_fns_return_dicts():
   out = metrics.generation_metrics(["a b"], ["a b"])
   assert out == {"exact_match": 100.0, "rouge_l": 100.0}
+  assert metrics.generation_metrics(["A b."], ["a b"], normalize=True) == out
   assert metrics.exact_match_metric(["a"], ["b"]) == {"exact_match": 0.0}

@@ -14,24 +14,30 @@ SMALL = SyntheticSpec(n_train_examples=50, n_validation_examples=10, n_test_exam
 
 
 @pytest.mark.parametrize("skill,text,expected", [
-    ("reverse", "abcd", "dcba"),
-    ("sort", "dbca", "abcd"),
-    ("caesar", "xyza", "yzab"),
-    ("duplicate", "abc", "aabbcc"),
-    ("uppercase", "abc", "ABC"),
-    ("drop_vowels", "banana", "bnn"),
-    ("swap_pairs", "abcde", "badce"),
-    ("rotate", "abcd", "bcda"),
+    ("up_abc", "cabbie", "CABBie"),
+    ("up_def", "deaf", "DEaF"),
+    ("up_vwx", "waxy", "WaXy"),
+    ("up_stu", "yz", "yz"),  # y and z belong to no skill
 ])
-def test_each_skill(skill, text, expected):
+def test_each_skill_uppercases_its_group(skill, text, expected):
   assert apply_skills((skill,), text) == expected
 
 
-def test_compositions_apply_left_to_right():
-  assert apply_skills(("rotate", "reverse"), "abcd") == "adcb"  # 'bcda' -> 'adcb'
-  assert apply_skills(("reverse", "rotate"), "abcd") == "cbad"  # 'dcba' -> 'cbad'
-  assert apply_skills(("duplicate", "rotate"), "ab") == "abba"  # 'aabb' -> 'abba'
-  assert apply_skills(("drop_vowels", "uppercase", "sort"), "hello") == "HLL"
+def test_skills_partition_a_to_x_and_compose_as_a_union():
+  letters = [c for g in synthetic.GROUPS for c in g]
+  assert "".join(sorted(letters)) == "abcdefghijklmnopqrstuvwx" and len(synthetic.SKILLS) == 8
+  text = "abcdefghijklmnopqrstuvwxyz"
+  assert apply_skills(("up_abc", "up_vwx"), text) == "ABCdefghijklmnopqrstuVWXyz"
+  assert apply_skills(("up_vwx", "up_abc"), text) == apply_skills(("up_abc", "up_vwx"), text)
+
+
+def test_skill_matrix_is_the_ground_truth_of_each_task():
+  spec = SyntheticSpec()
+  truth, names, skills = synthetic.skill_matrix(spec)
+  assert truth.shape == (32, 8) and (truth.sum(1) == 3).all()
+  assert names == tasks.train_tasks("synthetic") + tasks.heldout_tasks("synthetic")
+  for row, name in zip(truth, names):
+    assert name == synthetic.task_name(tuple(s for s, on in zip(skills, row) if on))
 
 
 def test_registered_targets_are_the_composition_applied_to_the_input():
@@ -42,6 +48,8 @@ def test_registered_targets_are_the_composition_applied_to_the_input():
     for ex in tasks.eval_examples(name, "test", max_examples=50):
       assert ex["targets"] == [apply_skills(comp, ex["inputs"])]
       assert ex["inputs"].isalpha() and ex["inputs"].islower()
+      assert len(set(ex["inputs"])) == len(ex["inputs"])  # distinct letters
+      assert list(ex["inputs"]) == sorted(ex["inputs"]) or not spec.sorted_letters
 
 
 def test_heldout_skills_seen_in_training_but_never_the_same_combination():
@@ -56,10 +64,8 @@ def test_heldout_skills_seen_in_training_but_never_the_same_combination():
 
 
 def test_no_two_tasks_compute_the_same_function():
-  spec = SyntheticSpec()
-  train, heldout = compositions(spec)
-  probes = ["abcxyz", "hello", "zebra", "queue", "mnopq", "aeiou", "tsrqpon", "banana"]
-  functions = [tuple(apply_skills(c, p) for p in probes) for c in train + heldout]
+  train, heldout = compositions(SyntheticSpec())
+  functions = [apply_skills(c, "abcdefghijklmnopqrstuvwxyz") for c in train + heldout]
   assert len(set(functions)) == len(functions)
 
 
@@ -98,4 +104,4 @@ def test_task_id_table_training_first_then_heldout():
 
 def test_infeasible_spec_names_the_problem():
   with pytest.raises(ValueError, match="cannot draw"):
-    compositions(SyntheticSpec(n_skills_pool=3, n_train_tasks=24, n_heldout_tasks=8))
+    compositions(SyntheticSpec(n_skills_pool=4, n_train_tasks=24, n_heldout_tasks=8))

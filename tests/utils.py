@@ -139,31 +139,41 @@ MICRO = [
     "train_multitask.steps = 3", "train_multitask.checkpoint_every = 2",
     "train_multitask.log_every = 1", "train_multitask.show_progress = False",
     "adapt_heldout.steps = 2", "adapt_heldout.seeds = (0, 1)", "adapt_heldout.log_every = 1",
-    "adapt_heldout.tasks = ['synthetic_caesar_then_uppercase']",
+    "adapt_heldout.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
     "adapt_heldout.max_eval_examples = 4", "adapt_heldout.show_progress = False",
     "mu_zero_shot.steps = 2", "mu_zero_shot.log_every = 1", "mu_zero_shot.show_progress = False",
-    "mu_zero_shot.tasks = ['synthetic_caesar_then_uppercase']",
-    "mu_zero_shot.max_eval_examples = 4",
+    "mu_zero_shot.tasks = ['synthetic_up_def_then_up_mno_then_up_pqr']",
+    "mu_zero_shot.max_eval_examples = 4", "evaluate_checkpoint.max_eval_examples = 2",
 ]
 
 
 def record_evaluations(monkeypatch) -> list[dict[str, float]]:
   """A list that receives, per generation or multiple-choice evaluation, its metrics
   recomputed from the predictions (or choice scores) the evaluator made: exact
-  match by string comparison, Rouge-L by `rouge_score`, accuracy by argmax.
+  match by string comparison (after the SNI normalisation when the config asks
+  for it), Rouge-L by `rouge_score` with the Porter stemmer, accuracy by argmax.
+  The references scored are the configured ones (`generation_metrics.reference`).
   """
+  import string  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
-  from mhr_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation import evaluator, metrics  # pylint: disable=g-import-not-at-top
   recorded = []
   generate, score_choices = evaluator.generate_predictions, evaluator.choice_scores
-  scorer = rouge_scorer.RougeScorer(["rougeL"])
+  scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
   def recording_generate(decode, vocab, examples, *args, **kwargs):
     preds = generate(decode, vocab, examples, *args, **kwargs)
-    refs = [[ex["targets"]] if isinstance(ex["targets"], str) else list(ex["targets"])
-            for ex in examples]
+    bound = gin.get_bindings("mhr_jax.generation_metrics")
+    refs = metrics.scored_references([ex["targets"] for ex in examples],
+                                     bound.get("reference", "max"), bound.get("seed", 0))
+    if bound.get("normalize", False):
+      norm = lambda t: " ".join("".join(c for c in t.lower()
+                                        if c not in string.punctuation).split())
+    else:
+      norm = str.strip
     recorded.append({
-        "exact_match": 100 * np.mean([any(p.strip() == t.strip() for t in ts)
+        "exact_match": 100 * np.mean([any(norm(p) == norm(t) for t in ts)
                                       for ts, p in zip(refs, preds)]),
         "rouge_l": 100 * np.mean([max(scorer.score(t, p)["rougeL"].fmeasure for t in ts)
                                   for ts, p in zip(refs, preds)])})

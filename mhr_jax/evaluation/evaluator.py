@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import gin
 import numpy as np
 
 from mhr_jax.adapters.routing import routing_table_size, validate_task_ids
 from mhr_jax.evaluation import predictions as saved
 from mhr_jax.evaluation.generation import generate_predictions
 from mhr_jax.evaluation.rank_classification import choice_scores
-from mhr_jax.models.decoding import greedy_decode
+from mhr_jax.models.decoding import beam_search
 from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.multiple_choice import make_choice_score_step
 from tasks import metrics
 
 
+@gin.configurable(module="mhr_jax")
 class Evaluator:
   """Holds the jitted scoring and decoding functions for one model on one mesh.
 
   Examples are dicts with 'inputs' (str), 'task_id' (int) and either
   'choices' (list[str]) + 'label' (int) for multiple choice, or 'targets'
-  (list[str], any of which counts) for generation.
+  (list[str], any of which counts) for generation. Generation decodes with
+  `num_beams` beams (1: greedy) and `length_penalty` (`beam_search`), then
+  scores with `metrics.generation_metrics` (gin-configurable).
 
   Parameters keep `param_shardings`; every batch is split over 'data' (the
   batch size is rounded up to a multiple of the data axis and the last batch
@@ -30,7 +34,8 @@ class Evaluator:
 
   def __init__(self, model, vocab, input_length: int, target_length: int,
                batch_size: int, partitioner: Partitioner, param_shardings: Any,
-               single_task: bool = False, length_normalize: bool = False):
+               single_task: bool = False, length_normalize: bool = False,
+               num_beams: int = 1, length_penalty: float = 1.0):
     self.vocab = vocab
     self.input_length, self.target_length = input_length, target_length
     data = partitioner.data_size
@@ -44,9 +49,9 @@ class Evaluator:
                                                          length_normalize=length_normalize),
                                   in_shardings=(param_shardings, rows), out_shardings=out)
     self._decode = partitioner.jit(
-        lambda params, enc, tids: greedy_decode(model, params, enc,
-                                                max_decode_length=target_length,
-                                                task_ids=tids, single_task=single_task),
+        lambda params, enc, tids: beam_search(
+            model, params, enc, max_decode_length=target_length, num_beams=num_beams,
+            length_penalty=length_penalty, task_ids=tids, single_task=single_task),
         in_shardings=(param_shardings, rows, rows), out_shardings=out)
 
   def _put(self, batch: Mapping[str, np.ndarray]) -> dict:
@@ -86,5 +91,4 @@ class Evaluator:
       saved.save_predictions(predictions_path, saved.generation_lines(examples, preds))
     targets = [list(ex["targets"]) if not isinstance(ex["targets"], str) else [ex["targets"]]
                for ex in examples]
-    return {"exact_match": metrics.exact_match(targets, preds),
-            "rouge_l": metrics.rouge_l(targets, preds)}
+    return dict(metrics.generation_metrics(targets, preds))

@@ -1,4 +1,4 @@
-"""Generative evaluation: greedy decoding, then exact match and Rouge-L."""
+"""Generative evaluation: decoding (greedy or beam search), then exact match and Rouge-L."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from mhr_jax.evaluation.batching import decode_tokens, make_batch
 def generate_predictions(decode_fn: Callable[[dict], np.ndarray], vocab,
                          examples: Sequence[Mapping], input_length: int,
                          batch_size: int) -> list[str]:
-  """Greedy predictions (strings) for examples with 'inputs' and 'task_id'.
+  """Decoded predictions (strings) for examples with 'inputs' and 'task_id'.
 
-  decode_fn: batch -> tokens [b, max_decode_len] (a jitted greedy decoder).
+  decode_fn: batch -> tokens [b, max_decode_len] (a jitted greedy or beam decoder).
   """
   preds = []
   for start in range(0, len(examples), batch_size):

@@ -13,6 +13,7 @@ from mhr_jax.adapters.methods import METHODS
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import compile as compile_stage  # registers compile_steps with gin
 from mhr_jax.experiment import stages
+from mhr_jax.experiment.multitask_report import multitask_report
 
 
 StageError = stages.StageError
@@ -26,12 +27,14 @@ def _check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:
-  """Markdown: one row per adaptation method, one column per metric (task average)."""
+  """Markdown: one row per adaptation method, one column per metric (task average ± 95 % CI)."""
+  from mhr_jax.evaluation.intervals import format_interval, task_average_interval  # pylint: disable=g-import-not-at-top
   metrics = sorted({m for s in summaries.values() for m in s.get("average", {})})
-  lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+  lines = ["| method | " + " | ".join(f"{m} (95 % CI)" for m in metrics) + " |",
+           "|---|" + "---|" * len(metrics)]
   for method, s in summaries.items():
     avg = s.get("average", {})
-    cells = [f"{avg[m]['mean']:.2f} ± {avg[m]['std']:.2f}" if m in avg else "" for m in metrics]
+    cells = [format_interval(task_average_interval(s, m)) if m in avg else "" for m in metrics]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -44,7 +47,8 @@ def _result_tables(output_dir: str, adapt_methods, zero_shot_methods) -> list[st
 @gin.configurable
 def run(stage: str = "pipeline", output_dir: str = "results/default",
         adapt_methods: Sequence[str] = ("mhr",),
-        zero_shot_methods: Sequence[str] = ()) -> dict:
+        zero_shot_methods: Sequence[str] = (),
+        baseline_methods: Sequence[str] = ()) -> dict:
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
@@ -57,11 +61,14 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     zero_shot_methods: μ zero-shot runs (`stages.mu_zero_shot`: poly_mu, mhr_mu)
       by `pipeline` after the adaptations; the 'zero_shot' stage runs
       `mu_zero_shot`'s own `method`.
+    baseline_methods: methods with a multi-task stage of their own (e.g.
+      'shared_lora'), each pre-trained under `output_dir/<method>` and adapted
+      by `pipeline` after the others, into the same table.
   """
   _check_choice("stage", stage, stages.STAGES)
   # The configuration this run reads (every binding after all overrides), t5x style.
   write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
-  for m in adapt_methods:
+  for m in list(adapt_methods) + list(baseline_methods):
     _check_choice("method", m, METHODS)
   for m in zero_shot_methods:
     _check_choice("zero-shot method", m, stages.mu_methods())
@@ -77,13 +84,21 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   if stage == "compile":
     return compile_stage.compile_steps(output_dir)
   stages.train_multitask(output_dir)
+  _, multitask_lines = multitask_report(output_dir)
   summaries = {m: stages.adapt_heldout(output_dir, method=m) for m in adapt_methods}
   summaries.update({f"{m} zero-shot": stages.mu_zero_shot(output_dir, method=m)
                     for m in zero_shot_methods})
+  for m in baseline_methods:
+    stages.train_multitask(os.path.join(output_dir, m), method=m)
+    summaries[m] = stages.adapt_heldout(os.path.join(output_dir, m), method=m)
   table = comparison_table(summaries)
   elapsed = time.time() - t0
-  tables = ", ".join(_result_tables(output_dir, adapt_methods, zero_shot_methods))
-  report = f"## Held-out few-shot results ({output_dir})\n\n{table}\nPer-task tables: {tables}\n"
+  tables = ", ".join(_result_tables(output_dir, adapt_methods, zero_shot_methods) +
+                     [os.path.join(output_dir, m, f"adapt_{m}", "results.md")
+                      for m in baseline_methods])
+  report = (f"## Held-out few-shot results ({output_dir})\n\n{multitask_lines}\n{table}\n"
+            "(mean over held-out tasks ± 95 % interval over seeds, tasks fixed)\n"
+            f"Per-task tables: {tables}\n")
   heatmap = os.path.join(output_dir, "multitask", "routing.png")
   if os.path.exists(heatmap):  # routed methods only
     report += f"Routing heatmap: {heatmap}\n"

@@ -89,8 +89,14 @@ class RelativePositionBiases(nn.Module):
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(d) scaling, additive position bias and mask.
 
-  With `decode=True` the keys/values of self-attention are appended to a
-  cache (collection 'cache') at `decode_index`, one query step per call.
+  Two caches (collection 'cache') serve autoregressive decoding:
+  - `decode=True` (self-attention): the call that creates the cache sizes it
+    [b, cache_length, h, d] (default: that call's own length); every later
+    call appends its one step's keys/values at `decode_index`.
+  - `cache_kv_input=True` (cross-attention): the creating call projects
+    `inputs_kv` (the encoder output) to keys/values once and stores them;
+    later calls read them and ignore `inputs_kv`, so a decoding step costs
+    no [i, e] x [e, h*d] projections.
   """
 
   num_heads: int
@@ -98,6 +104,8 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   deterministic: bool = True
   decode: bool = False
+  cache_length: Optional[int] = None
+  cache_kv_input: bool = False
   adapter: Optional[Any] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -110,22 +118,41 @@ class MultiHeadAttention(nn.Module):
     inner = self.num_heads * self.head_dim
     dense = lambda n, f, axes: AdaptedDense(f, axes, adapter=self.adapter, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name=n)
-    q = dense("query", inner, ("embed", "joined_kv"))(inputs_q, adapter_inputs)
-    k = dense("key", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)
-    v = dense("value", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)
     split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, self.head_dim))
-    q, k, v = split(q), split(k), split(v)  # [b, len, h, d]
+    q = split(dense("query", inner, ("embed", "joined_kv"))(inputs_q, adapter_inputs))
+    project_kv = lambda: (  # [b, k, h, d] each
+        split(dense("key", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)),
+        split(dense("value", inner, ("embed", "joined_kv"))(inputs_kv, adapter_inputs)))
+
+    if self.cache_kv_input:
+      if self.has_variable("cache", "projected_key"):
+        k = self.get_variable("cache", "projected_key")
+        v = self.get_variable("cache", "projected_value")
+      else:
+        k, v = project_kv()
+        self.put_variable("cache", "projected_key", k)
+        self.put_variable("cache", "projected_value", v)
+    else:
+      k, v = project_kv()
 
     if self.decode:
       initialized = self.has_variable("cache", "cached_key")
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      shape = (k.shape[0], self.cache_length or k.shape[1]) + k.shape[2:]
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
       if initialized:
         start = (0, decode_index, 0, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
         k, v = cached_key.value, cached_value.value
 
+    # Beam search: the n beams of an input (consecutive query rows) share its
+    # cached cross-attention keys/values [b, k, h, d]; they attend as n query
+    # positions of one row, so the cache is stored once per input, not per beam.
+    groups = q.shape[0] // k.shape[0]
+    query_rows, q_len = q.shape[0], q.shape[1]
+    if groups > 1:
+      q = q.reshape((k.shape[0], groups * q_len) + q.shape[2:])
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
@@ -133,7 +160,7 @@ class MultiHeadAttention(nn.Module):
     if not self.deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
-    out = out.reshape(out.shape[:2] + (inner,))
+    out = out.reshape((query_rows, q_len, inner))
     return dense("out", inputs_q.shape[-1], ("joined_kv", "embed"))(out, adapter_inputs)
 
 

@@ -51,23 +51,30 @@ class DecoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
   decode: bool = False
+  cache_length: Optional[int] = None
   adapter: Optional[Any] = None
 
   @nn.compact
   def __call__(self, y: jax.Array, aux: tuple) -> tuple[jax.Array, None]:
-    """y: [b, t, e]; aux = (self bias, encoded [b, i, e], cross bias, AdapterInputs, decode_index)."""
+    """y: [b, t, e]; aux = (self bias, encoded [b, i, e], cross bias, AdapterInputs, decode_index).
+
+    With `decode=True`, self-attention caches `cache_length` steps of
+    keys/values and cross-attention caches its projected encoder keys/values.
+    """
     cfg = self.config
     self_bias, encoded, cross_bias, adapter_inputs, decode_index = aux
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     drop = lambda z: nn.Dropout(cfg.dropout_rate)(z, deterministic=self.deterministic)
-    attn = lambda name, decode: MultiHeadAttention(
-        cfg.num_heads, cfg.d_kv, cfg.dropout_rate, self.deterministic, decode=decode,
-        adapter=self.adapter, name=name, **kw)
+    attn = lambda name, **cache: MultiHeadAttention(
+        cfg.num_heads, cfg.d_kv, cfg.dropout_rate, self.deterministic, adapter=self.adapter,
+        name=name, **cache, **kw)
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_self_attention_layer_norm", **kw)(y)
-    h = attn("self_attention", self.decode)(h, h, self_bias, adapter_inputs, decode_index)
+    h = attn("self_attention", decode=self.decode, cache_length=self.cache_length)(
+        h, h, self_bias, adapter_inputs, decode_index)
     y = y + drop(h)
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_cross_attention_layer_norm", **kw)(y)
-    h = attn("encoder_decoder_attention", False)(h, encoded, cross_bias, adapter_inputs)
+    h = attn("encoder_decoder_attention", cache_kv_input=self.decode)(
+        h, encoded, cross_bias, adapter_inputs)
     y = y + drop(h)
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm", **kw)(y)
     h = MlpBlock(cfg.d_ff, cfg.is_gated, cfg.dropout_rate, self.deterministic,
@@ -124,19 +131,24 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array,
                adapter_inputs: Optional[AdapterInputs], deterministic: bool = True,
-               decode: bool = False) -> jax.Array:
-    """embedded: [b, t, e], encoded: [b, i, e], encoder_mask: [b, i] -> hidden [b, t, e]."""
+               decode: bool = False, max_decode_length: Optional[int] = None) -> jax.Array:
+    """embedded: [b, t, e], encoded: [b, i, e], encoder_mask: [b, i] -> hidden [b, t, e].
+
+    decode: the call that creates the cache sizes it for `max_decode_length`
+      steps (default: its own length t) and stores the projected encoder
+      keys/values; each later call is one step [b, 1, e].
+    """
     cfg = self.config
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     q_len = embedded.shape[1]
     decode_index = None
     k_len, offset = q_len, 0
     if decode:
-      # The cache is created by a call with the full [b, max_len] decoder
-      # input; `positions` keeps max_len as a static shape for later steps.
+      # `positions` keeps the cache length as a static shape for later steps.
       initialized = self.has_variable("cache", "decode_index")
       index = self.variable("cache", "decode_index", lambda: jnp.array(0, jnp.int32))
-      positions = self.variable("cache", "positions", lambda: jnp.arange(q_len, dtype=jnp.int32))
+      positions = self.variable("cache", "positions",
+                                lambda: jnp.arange(max_decode_length or q_len, dtype=jnp.int32))
       if initialized:
         decode_index = index.value
         offset = decode_index
@@ -150,7 +162,8 @@ class Decoder(nn.Module):
     y = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     y = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, y,
                (self_bias, encoded, cross_bias, adapter_inputs, decode_index),
-               deterministic=deterministic, decode=decode, adapter=self.adapter)
+               deterministic=deterministic, decode=decode, cache_length=max_decode_length,
+               adapter=self.adapter)
     y = RMSNorm(cfg.layer_norm_epsilon, name="decoder_norm", **kw)(y)
     return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
@@ -230,18 +243,22 @@ class T5(nn.Module):
              decoder_input_tokens: jax.Array, task_ids: Optional[jax.Array] = None,
              deterministic: bool = True, single_task: bool = False,
              decode: bool = False,
-             adapter_inputs: Optional[AdapterInputs] = None) -> jax.Array:
+             adapter_inputs: Optional[AdapterInputs] = None,
+             max_decode_length: Optional[int] = None) -> jax.Array:
     """Decoder logits [b, t, v] (float32) given encoded [b, i, e] and decoder inputs [b, t].
 
-    With `decode=True`, the first call (inside `init`) creates a key/value
-    cache for [b, t] positions; later calls feed one token [b, 1] per step.
+    With `decode=True`, the first call (mutable 'cache') creates the caches:
+    self-attention keys/values for `max_decode_length` positions (default t)
+    and each layer's cross-attention keys/values of `encoded`; later calls
+    feed one token [b, 1] per step and no longer read `encoded`.
     """
     cfg = self.config
     if adapter_inputs is None:
       adapter_inputs = self.adapter_inputs(task_ids, decoder_input_tokens.shape[0],
                                            deterministic, single_task)
     y = self.decoder(self.token_embedder(decoder_input_tokens), encoded,
-                     encoder_input_tokens > 0, adapter_inputs, deterministic, decode)
+                     encoder_input_tokens > 0, adapter_inputs, deterministic, decode,
+                     max_decode_length)
     if cfg.scale_decoder_outputs:
       y = y * (cfg.d_model ** -0.5)
     if cfg.tie_word_embeddings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
+import gin
 import jax
 import optax
 
@@ -30,8 +31,9 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
                      deterministic=deterministic, single_task=single_task, rngs=rngs)
 
 
+@gin.configurable(module="mhr_jax", allowlist=["label_smoothing"])
 def make_train_step(model: nn.Module, optimizer: Optimizer, *, single_task: bool = False,
-                    batch_loss: Optional[Callable] = None):
+                    batch_loss: Optional[Callable] = None, label_smoothing: float = 0.0):
   """Returns step(state, batch) -> (state, metrics); differentiates only `state.trainable`.
 
   The one train step of every stage and method. With
@@ -42,6 +44,7 @@ def make_train_step(model: nn.Module, optimizer: Optimizer, *, single_task: bool
   grad_norm (global norm before clipping), learning_rate.
   `batch_loss(model, params, batch, rng=, single_task=) -> (loss, tokens)`
   replaces the token cross-entropy (e.g. `multiple_choice.MultipleChoiceLoss`).
+  label_smoothing: eps of the token cross-entropy (`losses.weighted_cross_entropy`).
   """
   if optimizer.sparse_routing and batch_loss is not None:
     raise ValueError("sparse_routing=True trains with the LM loss only; unset batch_loss")
@@ -53,7 +56,7 @@ def make_train_step(model: nn.Module, optimizer: Optimizer, *, single_task: bool
     logits = model_logits(model, merge_params(view, frozen), batch, deterministic=False,
                           single_task=single_task, rng=rng)
     return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
+                                  batch["decoder_loss_weights"], label_smoothing)
 
   def step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
