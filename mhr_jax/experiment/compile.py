@@ -11,7 +11,7 @@ Steps (what `run.stage=multitask` / `adapt` would jit):
   multitask_train  the multi-task train step (`train_multitask`'s method, batch)
   adapt_train      the few-shot train step (`adapt_heldout`'s method, one task)
   score            rank classification of an eval batch of choices (adapted model)
-  decode           greedy decoding of an eval batch (adapted model)
+  decode           decoding of an eval batch (greedy, or `Evaluator.num_beams` beams)
 
 Per step the report gives the per-chip argument / output / alias / temp /
 code bytes (XLA's `memory_analysis`), their total against the chip's HBM,
@@ -56,7 +56,6 @@ from mhr_jax import partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.batching import make_choice_batch
-from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import chips, stages
 from mhr_jax.experiment.config import DataConfig, MeshConfig
@@ -166,16 +165,16 @@ def build_train_step(model: T5, method: str, stage: str, optimizer_config: Optim
 
 def build_eval_step(model: T5, kind: str, data: DataConfig, partitioner: Partitioner,
                     num_choices: int, length_normalize: bool) -> BuiltStep:
-  """'score' (rank classification) or 'decode' (greedy) as the adapt stage's Evaluator jits it.
+  """'score' (rank classification) or 'decode' as the adapt stage's Evaluator jits them.
 
   Batch sizes as the Evaluator forms them: decode takes `eval_batch_size`
   rounded up to the 'data' axis; score takes that many (example, choice)
   pairs, i.e. eval_batch_size // num_choices examples (rounded up likewise).
   """
+  # The adapt stage's own Evaluator (no vocabulary: nothing is tokenised here).
+  evaluator = stages._evaluator(model, None, data, partitioner, single_task=True,  # pylint: disable=protected-access
+                                length_normalize=length_normalize)
   params, params_sh = _abstract_params(model, partitioner)
-  evaluator = Evaluator(model, None, data.input_length, data.target_length,
-                        data.eval_batch_size, partitioner, params_sh, single_task=True,
-                        length_normalize=length_normalize)
   rows = partitioner.data_size
   # pylint: disable=protected-access
   if kind == "score":
