@@ -123,6 +123,7 @@ def cmd_resident(path: str, cases: list[str]) -> None:
   from mhr_jax.experiment import compile as compile_stage, pipeline, stages  # pylint: disable=g-import-not-at-top,unused-import
   from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
   from mhr_jax.models import T5  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment.model_setup import example_batch  # pylint: disable=g-import-not-at-top
   out = {}
   for case in cases:
     size, chip, shape, mesh, *flags = case.split(":")
@@ -135,7 +136,7 @@ def cmd_resident(path: str, cases: list[str]) -> None:
         [os.path.join(ROOT, "configs"), ROOT])
     mt = compile_stage.stage_settings(stages.train_multitask)
     ad = compile_stage.stage_settings(stages.adapt_heldout)
-    _, mesh_ = compile_stage._mesh_for(mt, None)  # pylint: disable=protected-access
+    _, partitioner = compile_stage._partitioner_for(mt, None)  # pylint: disable=protected-access
     config = compile_stage.resolve_model_config(SIZES[size], mt)
     mt_adapter = methods.multitask_adapter_config(mt["method"], mt["adapter_config"],
                                                   n_tasks=gin.query_parameter("compile_steps.n_tasks"))
@@ -145,8 +146,9 @@ def cmd_resident(path: str, cases: list[str]) -> None:
                                       ("adapt_train", ad, "adapt", ad_adapter)):
       built = compile_stage.build_train_step(
           T5(config, adapter=adapter), stage["method"], cfg, stage["optimizer"], stage["steps"],
-          False, stage["data"].batch_size, stage["data"].input_length,
-          stage["data"].target_length, mesh_, single_task=cfg == "adapt")
+          False, example_batch(stage["data"].batch_size, stage["data"].input_length,
+                               stage["data"].target_length),
+          partitioner, single_task=cfg == "adapt")
       args = jax.tree.leaves(built.args)
       out[case][name] = {
           "state_and_batch_bytes_per_chip": sum(

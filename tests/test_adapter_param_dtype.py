@@ -15,7 +15,7 @@ from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax import param_tree
 from mhr_jax.param_tree import flatten as flatten_params
 from mhr_jax.training.state import TrainState
-from mhr_jax.training.step import jit_train_step, make_train_step
+from mhr_jax.training.step import make_train_step
 
 CONFIG = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
                   feed_forward_proj="gated-gelu", tie_word_embeddings=False,
@@ -28,10 +28,10 @@ ADAPTER = AdapterConfig(kind="poly", rank=2, n_tasks=3, n_skills=2, n_heads=2,
 def test_mhr_trains_f32_skills_and_routing_next_to_a_bf16_backbone():
   model = T5(CONFIG, adapter=ADAPTER)
   params = init_params(model, jax.random.PRNGKey(0))
-  optimizer, lr = make_optimizer(OptimizerConfig(learning_rate=3e-2, warmup_fraction=0.0,
-                                                 schedule="constant"), 10)
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=3e-2, warmup_fraction=0.0,
+                                             schedule="constant"), 10)
   state = TrainState.create(params, methods.trainable_predicate("mhr", stage="multitask"),
-                            optimizer, jax.random.PRNGKey(1))
+                            optimizer.tx, jax.random.PRNGKey(1))
   groups = {param_tree.role_of(k).value for k in state.trainable}
   assert groups == {"skills", "routing"}
   assert {v.dtype for v in state.trainable.values()} == {jnp.dtype(jnp.float32)}
@@ -44,7 +44,7 @@ def test_mhr_trains_f32_skills_and_routing_next_to_a_bf16_backbone():
            "decoder_target_tokens": rng.integers(2, 32, (4, 5), dtype=np.int32),
            "decoder_loss_weights": np.ones((4, 5), np.int32),
            "task_ids": np.array([0, 1, 2, 0], np.int32)}
-  step = jit_train_step(make_train_step(model, optimizer, learning_rate_fn=lr))
+  step = jax.jit(make_train_step(model, optimizer))
   losses = []
   for _ in range(8):
     state, metrics = step(state, batch)

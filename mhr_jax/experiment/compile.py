@@ -10,8 +10,8 @@ compiled; XLA's own per-chip accounting then says whether it fits
 Steps (what `run.stage=multitask` / `adapt` would jit):
   multitask_train  the multi-task train step (`train_multitask`'s method, batch)
   adapt_train      the few-shot train step (`adapt_heldout`'s method, one task)
-  score            rank-classification scoring of an eval batch (adapted model)
-  decode           greedy decoding of an eval batch (adapted model)
+  score            rank classification of an eval batch of choices (adapted model)
+  decode           decoding of an eval batch (greedy, or `Evaluator.num_beams` beams)
 
 Per step the report gives the per-chip argument / output / alias / temp /
 code bytes (XLA's `memory_analysis`), their total against the chip's HBM,
@@ -50,22 +50,22 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mhr_jax import partitioning
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
+from mhr_jax.evaluation.batching import make_choice_batch
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import chips, stages
-from mhr_jax.experiment.model_setup import example_batch
+from mhr_jax.experiment.config import DataConfig, MeshConfig
+from mhr_jax.experiment.model_setup import abstract_params, example_batch, param_shardings
 from mhr_jax.models import T5, T5Config
-from mhr_jax.models.decoding import greedy_decode
 from mhr_jax.models.presets import preset_config
-from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
+from mhr_jax.partitioning import Partitioner
+from mhr_jax.training.optimizer import OptimizerConfig
 from mhr_jax.training.state import TrainState
-from mhr_jax.training.step import make_score_step, make_train_step
+from mhr_jax.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,7 @@ def abstract_devices(topology: str) -> list:
                             f"{str(e).strip().splitlines()[0]}") from None
 
 
-# --- Shardings (the construction arch's Partitioner will own) ----------------------
-
-
-def shardings_of(abstract_boxed: Any, mesh) -> Any:
-  """NamedShardings of an abstract boxed tree (params or a whole TrainState) by the default rules.
-
-  Leaves created from boxed parameters (optimizer moments) keep their boxes,
-  so they follow their parameter; unboxed leaves (step, rng, counts) are
-  replicated. The real stages resolve their layout the same way.
-  """
-  return partitioning.param_shardings(abstract_boxed, mesh, partitioning.DEFAULT_RULES)
+# --- Building the steps (with the stages' own Trainer and Evaluator) -------------------
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -123,108 +113,81 @@ def _abstract(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def _batch_abstract(batch_size: int, input_length: int, target_length: int, mesh,
-                    features: Sequence[str]) -> tuple[dict, dict]:
-  host = example_batch(batch_size, input_length, target_length)
-  sharding = partitioning.batch_sharding(mesh)
-  abstract = {k: jax.ShapeDtypeStruct(host[k].shape, host[k].dtype, sharding=sharding)
-              for k in features}
-  return abstract, {k: sharding for k in features}
+def _batch_abstract(host: dict, partitioner: Partitioner) -> dict:
+  """A host batch's shapes, each feature [batch, ...] split over 'data' (`shard_batch`)."""
+  sharding = partitioner.batch_sharding()
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
 
 
-_TRAIN_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                   "decoder_loss_weights", "task_ids")
-
-
-# --- Building the steps ------------------------------------------------------------
+def _choice_batch(batch_size: int, num_choices: int, input_length: int,
+                  target_length: int) -> dict:
+  """A zero multiple-choice batch with the shapes of `batching.make_choice_batch`."""
+  return make_choice_batch(None, [], [], [], [], input_length, target_length,
+                           pad_to=batch_size, num_choices=num_choices)
 
 
 @dataclasses.dataclass
 class BuiltStep:
-  """A jitted function with explicit in/out shardings and the abstract arguments to lower it."""
-  jitted: Callable
-  args: tuple
+  """A step as the stages jit it, and how to lower it from abstract arguments."""
+  lower: Callable[[], jax.stages.Lowered]
+  args: tuple               # the abstract arguments of the jitted function (with shardings)
   params_abstract: Any      # unboxed abstract parameters (for the byte counts)
   params_shardings: Any
-  state_in: Any = None      # (for train steps) the state shardings given to jit
+  state_args: Any = None    # (train steps) the abstract (step, trainable, opt_state, rng)
 
 
-def _init_fn(model: T5):
-  batch = example_batch(1, 8, 4)
-
-  def init(key):
-    return model.init({"params": key, "routing": key, "dropout": key},
-                      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                      task_ids=batch["task_ids"])["params"]
-
-  return init
-
-
-def _sharded_train_step(step: Callable, state_shardings: TrainState, batch_shardings: dict,
-                        mesh) -> Callable:
-  """`jit(step)` as the stages run it, with explicit in and out shardings.
-
-  Donates every state buffer but the frozen parameters (`jit_train_step`);
-  the new state leaves in the layout it came in, so step 2 reuses step 1's
-  executable and every donated buffer.
-  """
-
-  def inner(mutable, frozen, batch):
-    count, trainable, opt_state, rng = mutable
-    new, metrics = step(TrainState(count, trainable, frozen, opt_state, rng), batch)
-    return (new.step, new.trainable, new.opt_state, new.rng), metrics
-
-  s = state_shardings
-  mutable = (s.step, s.trainable, s.opt_state, s.rng)
-  return jax.jit(inner, in_shardings=(mutable, s.frozen, batch_shardings),
-                 out_shardings=(mutable, partitioning.replicated(mesh)), donate_argnums=(0,))
+def _abstract_params(model: T5, partitioner: Partitioner) -> tuple[Any, Any]:
+  """(unboxed ShapeDtypeStructs with shardings, shardings) of `model`'s parameters."""
+  shardings = param_shardings(model, partitioner)
+  abstract = partitioning._unbox(abstract_params(model))  # pylint: disable=protected-access
+  return _abstract(abstract, shardings), shardings
 
 
 def build_train_step(model: T5, method: str, stage: str, optimizer_config: OptimizerConfig,
-                     steps: int, train_backbone: bool, batch_size: int, input_length: int,
-                     target_length: int, mesh, single_task: bool) -> BuiltStep:
-  """The train step of `stage` ('multitask' | 'adapt'), from shapes only."""
-  boxed = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
+                     steps: int, train_backbone: bool, host_batch: dict,
+                     partitioner: Partitioner, single_task: bool,
+                     batch_loss: Optional[Callable] = None) -> BuiltStep:
+  """The train step of `stage` ('multitask' | 'adapt') as its Trainer jits it, from shapes only."""
+  trainer = Trainer(model, optimizer_config, steps, partitioner, single_task=single_task,
+                    batch_loss=batch_loss)
+  params, params_sh = _abstract_params(model, partitioner)
   trainable = methods.trainable_predicate(method, stage=stage, train_backbone=train_backbone)
-  optimizer, lr_fn = make_optimizer(optimizer_config, steps)
-  # TrainState.create on boxed parameters: the optimizer moments inherit the boxes.
-  state_boxed = jax.eval_shape(
-      lambda p, key: TrainState.create(p, trainable, optimizer, key), boxed,
-      jax.random.PRNGKey(0))
-  state_sh = shardings_of(state_boxed, mesh)
-  state = _abstract(partitioning._unbox(state_boxed), state_sh)  # pylint: disable=protected-access
-  batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
-                                    _TRAIN_FEATURES)
-  step = make_train_step(model, optimizer, single_task=single_task, learning_rate_fn=lr_fn)
-  jitted = _sharded_train_step(step, state_sh, batch_sh, mesh)
+  state_sh = trainer.state_shardings(params, trainable)
+  state = _abstract(jax.eval_shape(
+      lambda p, key: TrainState.create(p, trainable, trainer.optimizer.tx, key), params,
+      jax.random.PRNGKey(0)), state_sh)
+  step = trainer.jit_step(state_sh)
+  batch = _batch_abstract(host_batch, partitioner)
   mutable = (state.step, state.trainable, state.opt_state, state.rng)
-  params = partitioning._unbox(boxed)  # pylint: disable=protected-access
-  return BuiltStep(jitted, (mutable, state.frozen, batch), params,
-                   shardings_of(boxed, mesh), state_in=(state_sh.step, state_sh.trainable,
-                                                         state_sh.opt_state, state_sh.rng))
+  return BuiltStep(lambda: step.lower(state, batch), (mutable, state.frozen, batch), params,
+                   params_sh, state_args=mutable)
 
 
-def build_eval_step(model: T5, kind: str, batch_size: int, input_length: int,
-                    target_length: int, mesh) -> BuiltStep:
-  """'score' (rank classification) or 'decode' (greedy), the batch split over 'data'."""
-  boxed = jax.eval_shape(_init_fn(model), jax.random.PRNGKey(0))
-  params_sh = shardings_of(boxed, mesh)
-  params = _abstract(partitioning._unbox(boxed), params_sh)  # pylint: disable=protected-access
-  rows = partitioning.batch_sharding(mesh)
+def build_eval_step(model: T5, kind: str, data: DataConfig, partitioner: Partitioner,
+                    num_choices: int, length_normalize: bool) -> BuiltStep:
+  """'score' (rank classification) or 'decode' as the adapt stage's Evaluator jits them.
+
+  Batch sizes as the Evaluator forms them: decode takes `eval_batch_size`
+  rounded up to the 'data' axis; score takes that many (example, choice)
+  pairs, i.e. eval_batch_size // num_choices examples (rounded up likewise).
+  """
+  # The adapt stage's own Evaluator (no vocabulary: nothing is tokenised here).
+  evaluator = stages._evaluator(model, None, data, partitioner, single_task=True,  # pylint: disable=protected-access
+                                length_normalize=length_normalize)
+  params, params_sh = _abstract_params(model, partitioner)
+  rows = partitioner.data_size
+  # pylint: disable=protected-access
   if kind == "score":
-    batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
-                                      _TRAIN_FEATURES)
-    jitted = jax.jit(make_score_step(model, single_task=True),
-                     in_shardings=(params_sh, batch_sh), out_shardings=rows)
-    return BuiltStep(jitted, (params, batch), params, params_sh)
-  batch, batch_sh = _batch_abstract(batch_size, input_length, target_length, mesh,
-                                    ("encoder_input_tokens", "task_ids"))
-  jitted = jax.jit(
-      lambda p, enc, tids: greedy_decode(model, p, enc, max_decode_length=target_length,
-                                         task_ids=tids, single_task=True),
-      in_shardings=(params_sh, rows, rows), out_shardings=rows)
-  return BuiltStep(jitted, (params, batch["encoder_input_tokens"], batch["task_ids"]),
-                   params, params_sh)
+    per_batch = -(-max(1, evaluator.batch_size // num_choices) // rows) * rows
+    batch = _batch_abstract(_choice_batch(per_batch, num_choices, data.input_length,
+                                          data.target_length), partitioner)
+    return BuiltStep(lambda: evaluator._score.lower(params, batch), (params, batch), params,
+                     params_sh)
+  batch = _batch_abstract({k: v for k, v in example_batch(
+      evaluator.batch_size, data.input_length, data.target_length).items()
+                           if k in ("encoder_input_tokens", "task_ids")}, partitioner)
+  args = (params, batch["encoder_input_tokens"], batch["task_ids"])
+  return BuiltStep(lambda: evaluator._decode.lower(*args), args, params, params_sh)
 
 
 # --- Compiling and measuring ----------------------------------------------------------
@@ -250,13 +213,13 @@ def _param_bytes(abstract: Any, shardings: Any) -> dict:
 
 def _resharded(compiled, built: BuiltStep) -> list[str]:
   """Paths of state leaves whose output sharding differs from their input sharding."""
-  if built.state_in is None:
+  if built.state_args is None:
     return []
   outs = compiled.output_shardings[0]
   ins = compiled.input_shardings[0][0]
   flat_in = jax.tree_util.tree_flatten_with_path(ins)[0]
   flat_out = jax.tree.leaves(outs)
-  flat_args = jax.tree.leaves(built.args[0])
+  flat_args = jax.tree.leaves(built.state_args)
   bad = []
   for (path, s_in), s_out, arg in zip(flat_in, flat_out, flat_args):
     if not s_in.is_equivalent_to(s_out, len(arg.shape)):
@@ -264,11 +227,10 @@ def _resharded(compiled, built: BuiltStep) -> list[str]:
   return bad
 
 
-def compile_one(built: BuiltStep, mesh) -> dict:
+def compile_one(built: BuiltStep) -> dict:
   """Lowers and compiles one step; returns its per-chip memory, FLOPs and timings."""
   t0 = time.time()
-  with partitioning.sharding_context(mesh, partitioning.DEFAULT_RULES):
-    lowered = built.jitted.lower(*built.args)
+  lowered = built.lower()
   try:
     compiled = lowered.compile()
   except Exception as e:  # XLA refuses a program that does not fit the chip
@@ -303,7 +265,7 @@ def compile_one(built: BuiltStep, mesh) -> dict:
   }
 
 
-def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh,
+def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config,
            scanned_flops: float) -> float:
   """FLOPs per chip with every scanned layer counted, from one extra unscanned compile.
 
@@ -315,9 +277,7 @@ def _flops(built_fn: Callable[[T5Config], BuiltStep], config: T5Config, mesh,
 
   def unscanned(enc: int, dec: int) -> float:
     shallow = config.replace(scan_layers=False, num_layers=enc, num_decoder_layers=dec)
-    built = built_fn(shallow)
-    with partitioning.sharding_context(mesh, partitioning.DEFAULT_RULES):
-      compiled = built.jitted.lower(*built.args).compile()
+    compiled = built_fn(shallow).lower().compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
@@ -339,7 +299,7 @@ def stage_settings(fn: Callable) -> dict:
               if p.default is not inspect.Parameter.empty}
   # Unbound config objects: built now, so `MeshConfig.x = ...` bindings apply
   # (a signature default was built at import, before any gin file was read).
-  defaults.update(mesh=stages.MeshConfig(), data=stages.DataConfig())
+  defaults.update(mesh=MeshConfig(), data=DataConfig())
   return {**defaults, **gin.get_bindings(fn)}
 
 
@@ -373,8 +333,9 @@ def _n_tasks(n_tasks: Optional[int], mixture: str) -> int:
                             f"({type(e).__name__}); set compile_steps.n_tasks") from None
 
 
-def _mesh_for(stage: dict, topology: Optional[str]):
-  mesh_config = stage.get("mesh") or stages.MeshConfig()
+def _partitioner_for(stage: dict, topology: Optional[str]) -> tuple[str, Partitioner]:
+  """The stage's Partitioner (its MeshConfig's sizes and rules) over `topology`'s devices."""
+  mesh_config = stage.get("mesh") or MeshConfig()
   topology = topology or mesh_config.topology
   if not topology:
     raise stages.StageError("compile needs a TPU topology: set MeshConfig.topology (or "
@@ -384,9 +345,9 @@ def _mesh_for(stage: dict, topology: Optional[str]):
   devices = jax.devices() if topology == "local" else abstract_devices(topology)
   try:
     mesh = partitioning.make_mesh(mesh_config.data, mesh_config.model, devices=devices)
+    return topology, Partitioner(mesh, mesh_config.logical_axis_rules)
   except ValueError as e:
     raise stages.StageError(f"topology {topology!r}: {e}") from None
-  return topology, mesh
 
 
 # --- The stage ------------------------------------------------------------------------
@@ -395,8 +356,8 @@ def _mesh_for(stage: dict, topology: Optional[str]):
 @gin.configurable(denylist=["output_dir"])
 def compile_steps(output_dir: str, *, topology: Optional[str] = None,
                   model_size: Optional[str] = None, n_tasks: Optional[int] = None,
-                  steps: Sequence[str] = STEPS, correct_flops: bool = True,
-                  fail_if_too_big: bool = True) -> dict:
+                  steps: Sequence[str] = STEPS, num_choices: int = 4,
+                  correct_flops: bool = True, fail_if_too_big: bool = True) -> dict:
   """Compiles every step of the stages for `topology`; writes compile_report.{json,md}.
 
   Args:
@@ -408,6 +369,8 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
     n_tasks: routing rows of the multi-task stage; default: counted from the
       mixture (needs its data).
     steps: a subset of `STEPS`.
+    num_choices: answer choices per example in the `score` step's batch (and in
+      the adapt step's batch when `adapt_heldout.loss` is active).
     correct_flops: count every scanned layer's FLOPs (one extra, shallow compile a step).
     fail_if_too_big: raise (one line) when a step does not fit the chip.
   Returns:
@@ -418,7 +381,8 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
     raise stages.StageError(f"unknown compile step(s) {unknown}; valid choices: {list(STEPS)}")
   mt = stage_settings(stages.train_multitask)
   ad = stage_settings(stages.adapt_heldout)
-  topology, mesh = _mesh_for(mt, topology)
+  topology, partitioner = _partitioner_for(mt, topology)
+  mesh = partitioner.mesh
   try:
     chip = (chips.chip_of_device(mesh.devices.flat[0]) if topology == "local"
             else chips.chip_of_topology(topology))
@@ -426,26 +390,33 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
     raise stages.StageError(str(e)) from None
   config = resolve_model_config(model_size, mt)
   tasks = _n_tasks(n_tasks, mt["mixture"])
+  if num_choices < 1:
+    raise stages.StageError(f"compile_steps.num_choices={num_choices!r} must be >= 1")
   mt_adapter = methods.multitask_adapter_config(mt["method"], mt.get("adapter_config")
                                                 or AdapterConfig(), n_tasks=tasks)
   ad_adapter = _adapt_adapter(ad["method"], mt_adapter, config, ad.get("adapter_config"))
   mt_data, ad_data = mt["data"], ad["data"]
 
+  # The adapt stage trains on choice batches when its multiple-choice loss is on.
+  ad_loss = ad["loss"]
+  ad_batch = (_choice_batch(ad_data.batch_size, num_choices, ad_data.input_length,
+                            ad_data.target_length) if ad_loss.active
+              else example_batch(ad_data.batch_size, ad_data.input_length,
+                                 ad_data.target_length))
   builders = {
       "multitask_train": lambda c: build_train_step(
           T5(c, adapter=mt_adapter), mt["method"], "multitask", mt["optimizer"], mt["steps"],
-          mt["train_backbone"], mt_data.batch_size, mt_data.input_length,
-          mt_data.target_length, mesh, single_task=False),
+          mt["train_backbone"], example_batch(mt_data.batch_size, mt_data.input_length,
+                                              mt_data.target_length),
+          partitioner, single_task=False),
       "adapt_train": lambda c: build_train_step(
           T5(c, adapter=ad_adapter), ad["method"], "adapt", ad["optimizer"], ad["steps"],
-          False, ad_data.batch_size, ad_data.input_length, ad_data.target_length, mesh,
-          single_task=True),
-      "score": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "score",
-                                         ad_data.eval_batch_size, ad_data.input_length,
-                                         ad_data.target_length, mesh),
-      "decode": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "decode",
-                                          ad_data.eval_batch_size, ad_data.input_length,
-                                          ad_data.target_length, mesh),
+          False, ad_batch, partitioner, single_task=True,
+          batch_loss=ad_loss if ad_loss.active else None),
+      "score": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "score", ad_data,
+                                         partitioner, num_choices, ad["length_normalize"]),
+      "decode": lambda c: build_eval_step(T5(c, adapter=ad_adapter), "decode", ad_data,
+                                          partitioner, num_choices, ad["length_normalize"]),
   }
   mesh_shape = dict(mesh.shape)
   report = {"topology": topology, "mesh": mesh_shape, "chip": chip.name,
@@ -468,7 +439,7 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
 
   for name in steps:
     log.info("compile: %s for %s mesh %s", name, topology, mesh_shape)
-    result = compile_one(builders[name](config), mesh)
+    result = compile_one(builders[name](config))
     if result.get("fits", True):
       result["fits"] = result["total_bytes"] <= chip.hbm_bytes
       result["flops_per_chip"] = result["flops_per_chip_raw"]
@@ -486,7 +457,7 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
   # FLOPs of scanned layers: a second pass, so the memory numbers come first.
   for name, result in report["steps"].items():
     if correct_flops and config.scan_layers and result["fits"]:
-      result["flops_per_chip"] = _flops(builders[name], config, mesh, result["flops_per_chip_raw"])
+      result["flops_per_chip"] = _flops(builders[name], config, result["flops_per_chip_raw"])
       result["flops_counted"] = "all layers"
       write()
   for result in report["steps"].values():
@@ -505,8 +476,7 @@ def _adapt_adapter(method: str, mt_adapter, config: T5Config, base) -> Optional[
                                                               base_config=base)
     return out
 
-  mt_params = jax.eval_shape(lambda k: nn.meta.unbox(_init_fn(T5(config, adapter=mt_adapter))(k)),
-                             jax.random.PRNGKey(0))
+  mt_params = nn.meta.unbox(abstract_params(T5(config, adapter=mt_adapter)))
   jax.eval_shape(build, mt_params)
   return captured["adapter"]
 
