@@ -88,6 +88,7 @@ def shots_plot(shots: Mapping[str, Mapping[int, Mapping]], path: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from mhr_jax.evaluation.intervals import task_average_interval  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation.results import save_figure_atomic  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4))
   for method, by_k in shots.items():
     ks = sorted(by_k)
@@ -102,12 +103,7 @@ def shots_plot(shots: Mapping[str, Mapping[int, Mapping]], path: str) -> str:
   ax.set_title("Synthetic benchmark: few-shot adaptation (95 % intervals)")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure_atomic(fig, path)
 
 
 def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequence[str]],

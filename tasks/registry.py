@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import seqio
 
+from mhr_jax import errors
 from tasks import preprocessors, sources
 from tasks.task_ids import make_table
 
@@ -98,14 +99,14 @@ _MISSING: dict[str, str] = {}
 
 
 def note_missing_data(prefix: str, message: str) -> None:
-  """Names starting with `prefix` now fail with FileNotFoundError(message), not 'unknown'."""
+  """Names starting with `prefix` now fail with MissingInputError(message), not 'unknown'."""
   _MISSING[prefix] = message
 
 
 def _raise_if_missing_data(name: str) -> None:
   for prefix, message in _MISSING.items():
     if name.startswith(prefix):
-      raise FileNotFoundError(f"{name!r}: {message}")
+      raise errors.MissingInputError(f"{name!r}: {message}")
 
 
 def default_vocabulary() -> seqio.Vocabulary:

@@ -18,6 +18,7 @@ from mhr_jax.checkpoints.hf import hf_state_dict_to_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.models.decoding import beam_search
 from tests import hf_reference
+from tests.utils import padded_encoder_inputs
 
 MAX_LEN = 10
 PENALTIES = (0.6, 1.0, 2.0)
@@ -28,14 +29,6 @@ CASES = {
     "v1.0-deeper-decoder": (dict(family="v1.0", num_layers=2, num_decoder_layers=3, seed=2,
                                  embedding_std=0.1, eos_logit_scale=3.0), {}, (4,)),
 }
-
-
-def _encoder_inputs():
-  rng = np.random.default_rng(0)
-  enc = rng.integers(2, 96, (6, 9)).astype(np.int32)
-  enc[0, 5:] = 0
-  enc[1, 3:] = 0
-  return enc
 
 
 def _lengths(tokens):
@@ -52,7 +45,7 @@ def _case(name):
     hf_model = hf_reference.tiny_hf_t5(**hf_kwargs)
     config = T5Config.from_hf_dict(hf_model.config.to_dict(),
                                    tie_word_embeddings=hf_kwargs["family"] == "v1.0", **overrides)
-    enc = _encoder_inputs()
+    enc = padded_encoder_inputs()
     expected = {(n, a): (hf_reference.hf_beam_generate(hf_model, enc, MAX_LEN, n, a) if n > 1
                          else hf_reference.hf_greedy_generate(hf_model, enc, MAX_LEN))
                 for n in beam_counts for a in PENALTIES}

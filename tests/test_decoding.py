@@ -16,6 +16,7 @@ from mhr_jax.checkpoints.hf import hf_state_dict_to_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.models.decoding import greedy_decode, greedy_decode_no_cache
 from tests import hf_reference
+from tests.utils import padded_encoder_inputs
 
 MAX_LEN = 10
 # name: (tiny_hf_t5 kwargs, our config overrides)
@@ -29,14 +30,6 @@ CASES = {
 }
 
 
-def _encoder_inputs():
-  rng = np.random.default_rng(0)
-  enc = rng.integers(2, 96, (6, 9)).astype(np.int32)
-  enc[0, 5:] = 0
-  enc[1, 3:] = 0
-  return enc
-
-
 def _eos_positions(tokens):
   return [list(row).index(1) if 1 in row else None for row in tokens]
 
@@ -45,7 +38,7 @@ def _eos_positions(tokens):
 def case(request):
   hf_kwargs, overrides = CASES[request.param]
   hf_model = hf_reference.tiny_hf_t5(**hf_kwargs)
-  enc = _encoder_inputs()
+  enc = padded_encoder_inputs()
   v11 = hf_kwargs["family"] == "v1.1"
   config = T5Config.from_hf_dict(hf_model.config.to_dict(), tie_word_embeddings=not v11,
                                  **overrides)
@@ -98,7 +91,7 @@ def test_routed_adapter_model_decodes_with_the_cache():
   adapter = AdapterConfig(kind="poly", rank=2, n_tasks=2, n_skills=3, n_heads=2,
                           target_modules="qv")
   model = T5(config, adapter=adapter)
-  enc = _encoder_inputs()
+  enc = padded_encoder_inputs()
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), enc, enc[:, :4])["params"]
   shapes = flax.linen.meta.unbox(shapes)
   # Base weights from the checkpoint; every adapter parameter random (LoRA B is

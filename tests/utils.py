@@ -188,3 +188,12 @@ def record_evaluations(monkeypatch) -> list[dict[str, float]]:
   monkeypatch.setattr(evaluator, "generate_predictions", recording_generate)
   monkeypatch.setattr(evaluator, "choice_scores", recording_choice_scores)
   return recorded
+
+
+def padded_encoder_inputs() -> np.ndarray:
+  """[6, 9] int32 encoder tokens in [2, 96) (no EOS), rows 0 and 1 right-padded with 0."""
+  rng = np.random.default_rng(0)
+  enc = rng.integers(2, 96, (6, 9)).astype(np.int32)
+  enc[0, 5:] = 0
+  enc[1, 3:] = 0
+  return enc

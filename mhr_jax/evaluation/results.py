@@ -21,6 +21,17 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def save_figure_atomic(fig, path: str) -> str:
+  """Saves a matplotlib figure as PNG via a temp file + rename, closes it; returns `path`."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (plotting is optional)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
 def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
   """Records {'task', 'seed', metric: value, ...} -> {task: {metric: {mean, std, median, n}}}.
 

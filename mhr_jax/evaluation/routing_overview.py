@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mhr_jax.evaluation.results import save_figure_atomic
 from mhr_jax.evaluation.routing_plot import save_routing_heatmap
 
 PER_TASK_ROWS = 60  # up to this many tasks, one row per task
@@ -104,12 +105,7 @@ def save_grouped_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
   if dropped:
     shown += f"; {dropped} smallest groups not shown"
   fig.suptitle(f"{title}\n{shown}", fontsize=10)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure_atomic(fig, path)
 
 
 def save_routing_picture(probs: np.ndarray, directory: str, task_names: Sequence[str],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from mhr_jax import param_tree
 from mhr_jax.adapters.routing import routing_weights
+from mhr_jax.evaluation.results import save_figure_atomic
 
 
 def routing_probabilities(params: Mapping) -> np.ndarray:
@@ -54,9 +54,4 @@ def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
       ax.set_yticks([])
   fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="p(skill | task)")
   fig.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure_atomic(fig, path)

@@ -26,7 +26,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from mhr_jax.evaluation.results import write_atomic
+from mhr_jax.evaluation.results import save_figure_atomic, write_atomic
 
 
 def routing_rows(params: Mapping) -> np.ndarray:
@@ -158,12 +158,7 @@ def save_recovery_figure(truth: np.ndarray, rows: np.ndarray, path: str,
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure_atomic(fig, path)
 
 
 def ground_truth(task_names: Sequence[str]) -> Optional[tuple[np.ndarray, list[str]]]:

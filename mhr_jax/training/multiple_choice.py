@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.training import losses
+from mhr_jax.training.step import training_rngs
 
 Batch = Mapping[str, jax.Array]
 
@@ -57,10 +58,7 @@ def choice_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
                   deterministic: bool, single_task: bool,
                   rng: Optional[jax.Array] = None) -> jax.Array:
   """Teacher-forced logits [b, C, t, v] of every choice, the input encoded once."""
-  rngs = None
-  if not deterministic:
-    dropout_rng, routing_rng = jax.random.split(rng)
-    rngs = {"dropout": dropout_rng, "routing": routing_rng}
+  rngs = training_rngs(deterministic, rng)
   task_ids = batch.get("task_ids")
   if task_ids is None:
     task_ids = jnp.zeros((batch["encoder_input_tokens"].shape[0],), jnp.int32)

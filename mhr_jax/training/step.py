@@ -22,13 +22,18 @@ def model_logits(model: nn.Module, params: Mapping[str, Any], batch: Batch, *,
                  deterministic: bool, single_task: bool,
                  rng: Optional[jax.Array] = None) -> jax.Array:
   """Teacher-forced logits [b, t, v] for a converted batch."""
-  rngs = None
-  if not deterministic:
-    dropout_rng, routing_rng = jax.random.split(rng)
-    rngs = {"dropout": dropout_rng, "routing": routing_rng}
   return model.apply({"params": params}, batch["encoder_input_tokens"],
                      batch["decoder_input_tokens"], task_ids=batch.get("task_ids"),
-                     deterministic=deterministic, single_task=single_task, rngs=rngs)
+                     deterministic=deterministic, single_task=single_task,
+                     rngs=training_rngs(deterministic, rng))
+
+
+def training_rngs(deterministic: bool, rng: Optional[jax.Array]) -> Optional[dict]:
+  """The model's rng streams: None in eval mode, else 'dropout' and 'routing' from `rng`."""
+  if deterministic:
+    return None
+  dropout_rng, routing_rng = jax.random.split(rng)
+  return {"dropout": dropout_rng, "routing": routing_rng}
 
 
 @gin.configurable(module="mhr_jax", allowlist=["label_smoothing"])
