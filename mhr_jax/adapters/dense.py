@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.adapters.layers import build_adapter
 from mhr_jax.param_tree import Role, declare_roles
 
 
@@ -49,7 +50,6 @@ class AdaptedDense(nn.Module):
     kernel = kernel.astype(self.dtype)
     y = jnp.einsum("...i,io->...o", x, kernel)
     if self.adapter is not None and self.adapter.targets(self.path_name()):
-      from mhr_jax.adapters.layers import build_adapter  # pylint: disable=g-import-not-at-top
       layer = build_adapter(self.adapter, in_features=x.shape[-1],
                             out_features=self.features,
                             kernel_axes=self.kernel_axes, dtype=self.dtype,

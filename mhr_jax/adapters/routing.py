@@ -80,9 +80,9 @@ def check_task_ids(task_ids: jax.Array, n_tasks: int, in_jit: bool = True) -> No
   validate_task_ids(ids, n_tasks)
 
 
-def routing_table_size(adapter: Any) -> Optional[int]:
-  """n_tasks of a routed adapter config (the valid ids are 0..n_tasks-1), else None."""
-  if adapter is not None and getattr(adapter, "routed", False):
+def routing_table_size(adapter) -> Optional[int]:
+  """n_tasks of a routed `AdapterConfig` (the valid ids are 0..n_tasks-1), else None."""
+  if adapter is not None and adapter.routed:
     return int(adapter.n_tasks)
   return None
 

@@ -6,13 +6,16 @@ v = vocab. Token 0 is padding and the decoder start token.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.inputs import AdapterInputs
+from mhr_jax.adapters.layers import build_shared_router
+from mhr_jax.adapters.routing import check_task_ids
 from mhr_jax.models.layers import (MlpBlock, MultiHeadAttention, RMSNorm,
                                    RelativePositionBiases, causal_bias,
                                    padding_bias)
@@ -25,7 +28,7 @@ class EncoderLayer(nn.Module):
 
   config: T5Config
   deterministic: bool = True
-  adapter: Optional[Any] = None
+  adapter: Optional[AdapterConfig] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, aux: tuple) -> tuple[jax.Array, None]:
@@ -52,7 +55,7 @@ class DecoderLayer(nn.Module):
   deterministic: bool = True
   decode: bool = False
   cache_length: Optional[int] = None
-  adapter: Optional[Any] = None
+  adapter: Optional[AdapterConfig] = None
 
   @nn.compact
   def __call__(self, y: jax.Array, aux: tuple) -> tuple[jax.Array, None]:
@@ -102,7 +105,7 @@ def _stack(layer_cls, config: T5Config, num_layers: int, x: jax.Array, aux: tupl
 
 class Encoder(nn.Module):
   config: T5Config
-  adapter: Optional[Any] = None
+  adapter: Optional[AdapterConfig] = None
 
   @nn.compact
   def __call__(self, embedded: jax.Array, input_mask: jax.Array,
@@ -126,7 +129,7 @@ class Decoder(nn.Module):
   """Decoder stack; with `decode=True`, one step at a time against a KV cache."""
 
   config: T5Config
-  adapter: Optional[Any] = None
+  adapter: Optional[AdapterConfig] = None
 
   @nn.compact
   def __call__(self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array,
@@ -184,7 +187,7 @@ class T5(nn.Module):
   """
 
   config: T5Config
-  adapter: Optional[Any] = None
+  adapter: Optional[AdapterConfig] = None
   check_task_ids_in_jit: bool = False
 
   def setup(self):
@@ -205,8 +208,7 @@ class T5(nn.Module):
           name="logits_dense")
     self.encoder = Encoder(cfg, adapter=self.adapter)
     self.decoder = Decoder(cfg, adapter=self.adapter)
-    if self.adapter is not None and getattr(self.adapter, "shared_routing", False):
-      from mhr_jax.adapters.layers import build_shared_router  # pylint: disable=g-import-not-at-top
+    if self.adapter is not None and self.adapter.shared_routing:
       self.router = build_shared_router(self.adapter, name="router")
 
   def adapter_inputs(self, task_ids: Optional[jax.Array], batch: int, deterministic: bool,
@@ -214,17 +216,16 @@ class T5(nn.Module):
     if self.adapter is None:
       return None
     if task_ids is None:
-      if getattr(self.adapter, "routed", False) and not self.is_initializing():
+      if self.adapter.routed and not self.is_initializing():
         # Never a silent row 0: a routed model is told which task each example is.
         raise ValueError("routed adapters (kind='poly') need task_ids [batch]; got None")
       task_ids = jnp.zeros((batch,), jnp.int32)  # unread by unrouted adapters
-    if getattr(self.adapter, "routed", False):
+    if self.adapter.routed:
       # Out-of-range ids raise (eagerly, or from a callback under jit when
       # asked) rather than silently reading another task's routing row.
-      from mhr_jax.adapters.routing import check_task_ids  # pylint: disable=g-import-not-at-top
       check_task_ids(task_ids, self.adapter.n_tasks, in_jit=self.check_task_ids_in_jit)
     weights = None
-    if getattr(self.adapter, "shared_routing", False):
+    if self.adapter.shared_routing:
       weights = self.router(task_ids, deterministic=deterministic)
     return AdapterInputs(task_ids=task_ids.astype(jnp.int32), routing_weights=weights,
                          single_task=single_task, deterministic=deterministic)
