@@ -208,7 +208,8 @@ def _scripted_run(tmp_path, *, nan_params_after=None, nan_loss_at=None, log_ever
   state = TrainState.create({"w": jnp.zeros(3)}, lambda k: True, optax.sgd(0.1),
                             jnp.zeros(2, jnp.uint32))
   store = CheckpointStore(str(tmp_path / "ckpt"), save_every_steps=3, keep_last=keep_last)
-  batches = iter(lambda: {"decoder_loss_weights": np.ones(1)}, None)
+  batches = iter(lambda: {"encoder_input_tokens": np.ones((1, 2), np.int32),
+                          "decoder_loss_weights": np.ones(1)}, None)
   train_loop(state, step_fn, batches, 12, log_every=log_every, show_progress=False,
              checkpoint_fn=StoreCheckpoint(store, {}, 12, "nan"), description="nan")
   return store

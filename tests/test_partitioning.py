@@ -204,9 +204,9 @@ def check_every_stage_shards_its_parameters(output_dir: str) -> None:
     seen.append((kwargs["description"].split("/")[0], "state", state))
     return state, history
 
-  def recording_evaluate(self, params, examples):
+  def recording_evaluate(self, params, examples, *args, **kwargs):
     seen.append((current[0], "params", params))
-    return evaluate(self, params, examples)
+    return evaluate(self, params, examples, *args, **kwargs)
 
   Trainer.run, Evaluator.evaluate = recording_run, recording_evaluate
   stages.save_routing_heatmap = lambda *args, **kwargs: None  # matplotlib is not under test

@@ -129,7 +129,7 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--gin.run.stage=train"],
-     "valid choices: ['multitask', 'adapt', 'zero_shot', 'eval', 'pipeline']"),
+     "valid choices: ['multitask', 'adapt', 'zero_shot', 'eval', 'pipeline', 'compile']"),
     (["--gin.run.zero_shot_methods=['mhr']"],
      "unknown zero-shot method 'mhr' (did you mean 'mhr_mu'?); valid choices: ['poly_mu', "
      "'mhr_mu']"),

@@ -157,7 +157,8 @@ def record_evaluations(monkeypatch) -> list[dict[str, float]]:
   import string  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
-  from mhr_jax.evaluation import evaluator, metrics  # pylint: disable=g-import-not-at-top
+  from mhr_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from tasks import metrics  # pylint: disable=g-import-not-at-top
   recorded = []
   generate, score_choices = evaluator.generate_predictions, evaluator.choice_scores
   scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

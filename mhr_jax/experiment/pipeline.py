@@ -67,8 +67,6 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
       by `pipeline` after the others, into the same table.
   """
   _check_choice("stage", stage, stages.STAGES)
-  # The configuration this run reads (every binding after all overrides), t5x style.
-  write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
   for m in list(adapt_methods) + list(baseline_methods):
     _check_choice("method", m, METHODS)
   for m in zero_shot_methods:
@@ -76,6 +74,8 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
   # Names, numbers and output_dir, before any model is built; then one run per output_dir.
   validation.check_run(stage, output_dir, adapt_methods, zero_shot_methods)
   run_lock.hold(output_dir)
+  # The configuration this run reads (every binding after all overrides), t5x style.
+  write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
   t0 = time.time()
   if stage == "multitask":
     return {"stage_dir": stages.train_multitask(output_dir)}
