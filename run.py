@@ -30,6 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+from mhr_jax import platforms  # pylint: disable=g-import-not-at-top
+
+platforms.configure()  # JAX_PLATFORMS=cpu on a host without an accelerator (libtpu's noise)
 
 DEFAULT_GIN = os.path.join(_ROOT, "configs", "default.gin")
 USAGE = __doc__
