@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Runs the `compile` stage over slices x meshes, one at a time, and tabulates the results.
 
-  python scripts/scaling_table.py run  results/scaling.json 3b:v5e:2x4:2x4 11b:v5e:4x4:4x4
-  python scripts/scaling_table.py table results/scaling.json > table.md
+  python scripts/scaling_table.py run  benchmarks/results/scaling.json 3b:v5e:2x4:2x4 11b:v5e:4x4:4x4
+  python scripts/scaling_table.py table benchmarks/results/scaling.json > table.md
   python scripts/scaling_table.py resident results/resident.json 3b:v5e:2x4:8x1:f32 ...
 
 A case is `size:topology:data x model`, size 3b | 11b (configs/experiments/
 t0_3b.gin, with `compile_steps.model_size` t0_3b / t0pp_11b); append
 `:f32` to store the frozen backbone in float32 (before the bf16 fix), `:noflops`
 to skip the FLOPs extrapolation (one extra compile a step), `:all` to add the
-decode step to multitask_train, adapt_train and score. Each case is a
+decode step to multitask_train, adapt_train and score, or a `+`-joined step
+list (`:score+adapt_train`) to compile only those, in that order. Each case is a
 separate `nice run.py` process (the compile of a 3B step takes minutes and
-several GB); finished cases are kept in the JSON, so the script resumes.
+several GB; its log and peak RSS go next to the JSON, under scaling_runs/);
+finished cases are kept in the JSON, so the script resumes. `table` prints the
+measured steps and the model x slice x mesh x step grid ("not compiled" where
+no compile ran).
 `resident` computes, without compiling, the per-chip bytes of the train steps'
 arguments (parameters, optimizer state, batch) from their shardings.
 """
@@ -27,6 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"3b": "t0_3b", "11b": "t0pp_11b"}
+STEPS = ("multitask_train", "adapt_train", "score", "decode")
 GiB = 1024 ** 3
 
 
@@ -46,27 +51,41 @@ def run_case(case: str, out_root: str) -> dict:
           f"--gin.MeshConfig.data={data}", f"--gin.MeshConfig.model={model}",
           f"--gin.compile_steps.model_size={SIZES[size]}",
           "--gin.compile_steps.fail_if_too_big=False"]
-  if "all" not in flags:  # the decode step too with ':all'
-    args.append("--gin.compile_steps.steps=['multitask_train','adapt_train','score']")
+  named = [f for f in flags if set(f.split("+")) <= set(STEPS)]
+  if named:  # e.g. ':adapt_train+score': only those steps
+    steps = named[0].split("+")
+  else:  # the decode step too with ':all'
+    steps = list(STEPS) if "all" in flags else [s for s in STEPS if s != "decode"]
+  args.append(f"--gin.compile_steps.steps={steps!r}")
   if "f32" in flags:
     args.append("--gin.mhr_jax.T5Config.param_dtype=float32")
   if "noflops" in flags:
     args.append("--gin.compile_steps.correct_flops=False")
   t0 = time.time()
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  proc = subprocess.run(["nice", *args], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  rss_file = os.path.join(out_root, case.replace(":", "_") + ".maxrss")
+  os.makedirs(out_root, exist_ok=True)
+  # /usr/bin/time: this case's own peak RSS (getrusage's is the max over all children).
+  with open(rss_file.replace(".maxrss", ".log"), "w") as log:
+    proc = subprocess.run(["nice", "/usr/bin/time", "-f", "%M", "-o", rss_file, *args], cwd=ROOT,
+                          stdout=log, stderr=subprocess.STDOUT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  with open(rss_file.replace(".maxrss", ".log")) as log:
+    lines = [l for l in log.read().splitlines() if l.strip()]
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  with open(rss_file) as f:
+    max_rss_kib = int(f.read().split()[-1])
   record = {"case": case, "returncode": proc.returncode, "wall_seconds": round(time.time() - t0),
             "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime
                                  - before.ru_stime),
-            "max_rss_gib": round(after.ru_maxrss / 1024 ** 2, 2)}
+            "max_rss_gib": round(max_rss_kib / 1024 ** 2, 2)}
   report = os.path.join(out, "compile", "compile_report.json")
   if os.path.exists(report):  # written after every compile, so partial on a failure
     with open(report) as f:
       record["report"] = json.load(f)
   if proc.returncode != 0:
-    record["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:400]
+    errors = [l for l in lines if "error" in l.lower() or "STACK OVERFLOW" in l]
+    record["error"] = (errors or lines or ["?"])[-1][:400]
   return record
 
 
@@ -87,29 +106,61 @@ def cmd_run(path: str, cases: list[str]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def cmd_table(path: str) -> None:
-  results = json.load(open(path))
-  print("| model | slice | mesh (data x model) | backbone | step | params/chip GiB | "
-        "total/chip GiB | fits | TFLOPs/chip | s/step at peak | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+SLICES = (("v5e-4", "v5e:2x2", 4), ("v5e-8", "v5e:2x4", 8), ("v5e-16", "v5e:4x4", 16),
+          ("v4-8", "v4:2x2x1", 4))
+GRID_STEPS = ("multitask_train", "adapt_train", "score")
+
+
+def _measured(results: dict) -> dict:
+  """{(size, topology, 'DxM', step): (step record, case record)} of every compiled step."""
+  out = {}
   for case, r in results.items():
-    size, chip, shape, mesh, *flags = case.split(":")
-    if "report" not in r:
-      print(f"| {size} | {chip}:{shape} | {mesh} | | (failed: {r.get('error', '')}) |"
-            " | | | | | |")
-      continue
-    rep = r["report"]
-    backbone = rep["model"]["param_dtype"]
-    for name, s in rep["steps"].items():
-      total = f"{s['total_bytes'] / GiB:.2f}" if "total_bytes" in s else "?"
-      params = f"{s['params_bytes_per_chip'] / GiB:.2f}" if "params_bytes_per_chip" in s else ""
-      flops = (f"{s['flops_per_chip'] / 1e12:.1f}" if "flops_per_chip" in s
-               and "noflops" not in flags else "")
-      secs = (f"{s['step_seconds_at_peak']:.2f}" if "step_seconds_at_peak" in s
-              and "noflops" not in flags else "")
-      print(f"| {SIZES[size]} | {chip}:{shape} | {mesh} | {backbone} | {name} | {params} | "
-            f"{total} | {'yes' if s['fits'] else '**no**'} | {flops} | {secs} | "
-            f"{s['compile_seconds']} |")
+    size, chip, shape, mesh, *_ = case.split(":")
+    for name, s in r.get("report", {}).get("steps", {}).items():
+      out[(size, f"{chip}:{shape}", mesh, name)] = (s, r)
+  return out
+
+
+def cmd_table(path: str) -> None:
+  """Markdown: the measured steps (per-chip GiB), then the size x slice x mesh x step grid."""
+  results = json.load(open(path))
+  g = lambda b: f"{b / GiB:.2f}"
+  print("| model | slice | data x model | step | args | output | alias | temp | total GiB/chip "
+        "| fits | lower s | compile s (wall) | process CPU s | peak RSS GiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for (size, topo, mesh, name), (s, r) in _measured(results).items():
+    hbm = r["report"]["hbm_bytes_per_chip"] / GiB
+    mesh_txt = mesh.replace("x", " x ")
+    if "argument_bytes" in s:
+      cells = (f"{g(s['argument_bytes'])} | {g(s['output_bytes'])} | {g(s['alias_bytes'])} | "
+               f"{g(s['temp_bytes'])} | **{g(s['total_bytes'])}** | "
+               f"{'yes' if s['fits'] else '**no**'} ({hbm:.0f})")
+    else:
+      total = g(s["total_bytes"]) if "total_bytes" in s else "?"
+      cells = f" | | | | **{total}** | **no** ({hbm:.0f}): compiler out of memory"
+    print(f"| {SIZES[size]} | {topo} | {mesh_txt} | {name} | {cells} | "
+          f"{s.get('lower_seconds', '')} | {s['compile_seconds']} | {r['cpu_seconds']} | "
+          f"{r['max_rss_gib']} |")
+  failed = [(c, r) for c, r in results.items() if r["returncode"] != 0]
+  for case, r in failed:
+    print(f"\nFailed: `{case}` (exit {r['returncode']}): {r.get('error', '')}")
+  print("\n| model | slice | data x model | " + " | ".join(GRID_STEPS) + " |")
+  print("|---|---|---|" + "---|" * len(GRID_STEPS))
+  measured = _measured(results)
+  for size in SIZES:
+    for slice_name, topo, chips in SLICES:
+      for mesh in (f"{chips}x1", f"{chips // 4}x4"):
+        cells = []
+        for name in GRID_STEPS:
+          hit = measured.get((size, topo, mesh, name))
+          if hit is None:
+            cells.append("not compiled")
+          else:
+            s = hit[0]
+            total = g(s["total_bytes"]) if "total_bytes" in s else "?"
+            cells.append(f"{total} GiB, {'fits' if s['fits'] else '**does not fit**'}")
+        print(f"| {SIZES[size]} | {slice_name} | {mesh.replace('x', ' x ')} | "
+              + " | ".join(cells) + " |")
 
 
 def cmd_resident(path: str, cases: list[str]) -> None:

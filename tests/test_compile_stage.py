@@ -2,7 +2,8 @@
 
 No TPU is needed: libtpu (jax[tpu], requirements-test.txt) compiles for an
 abstract topology on this CPU host, and XLA's per-chip memory accounting is
-read back from the executable.
+read back from the executable. The scanned-layer FLOPs correction is checked
+on the CPU backend against an unscanned compile.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ from __future__ import annotations
 import json
 import os
 
+import types
+
+import flax.linen as nn
 import gin
+import jax
+import jax.numpy as jnp
 import pytest
 
 from mhr_jax import gin_cli
+from mhr_jax.experiment import compile as compile_stage
 from mhr_jax.experiment import pipeline  # registers the gin configurables
-
-pytest.importorskip("libtpu", reason="the compile stage needs libtpu (jax[tpu])")
+from mhr_jax.experiment.model_setup import abstract_params
+from mhr_jax.models import T5
+from tests.utils import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEARCH = [os.path.join(ROOT, "configs"), ROOT]
@@ -30,6 +38,7 @@ def clean_gin():
 
 
 def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
+  pytest.importorskip("libtpu", reason="the compile stage needs libtpu (jax[tpu])")
   # The embedded default (tiny T5, MHR over 24 synthetic tasks); scanned
   # layers and q/v adapters keep the TPU compile short (all_linear: 3x the time).
   gin_cli.parse([os.path.join(ROOT, "configs", "default.gin")], [
@@ -54,3 +63,27 @@ def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
   # The new state comes back in the layout it went in: step 2 reuses step 1.
   assert step["resharded_outputs"] == 0, step["resharded_examples"]
   assert step["argument_bytes"] >= step["params_bytes_per_chip"]
+
+
+def _forward_flops(config) -> tuple[float, types.SimpleNamespace]:
+  """XLA's FLOPs for the tiny model's teacher-forced forward, and the step `_flops` lowers."""
+  model = T5(config)
+  params = nn.meta.unbox(abstract_params(model))
+  tokens = jax.ShapeDtypeStruct((2, 6), jnp.int32), jax.ShapeDtypeStruct((2, 5), jnp.int32)
+  fn = jax.jit(lambda p, e, d: model.apply({"params": p}, e, d).sum())
+  step = types.SimpleNamespace(lower=lambda: fn.lower(params, *tokens))
+  cost = step.lower().compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]), step
+
+
+def test_scanned_flops_correction_matches_unscanned_compile():
+  # XLA counts a scanned stack's body once; `_flops` adds the other layers
+  # from one shallow unscanned compile. Against the full unscanned model: equal
+  # up to the per-layer bookkeeping that a scan body and unrolled layers do
+  # differently (1.5 % here); one layer too many or too few would be 25 %.
+  config = tiny_config(num_layers=3, scan_layers=True)
+  scanned, _ = _forward_flops(config)
+  corrected = compile_stage._flops(lambda c: _forward_flops(c)[1], config, scanned)  # pylint: disable=protected-access
+  unscanned, _ = _forward_flops(config.replace(scan_layers=False))
+  assert scanned < 0.6 * unscanned  # the raw count really misses layers
+  assert corrected == pytest.approx(unscanned, rel=0.03)

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 STEPS = ("multitask_train", "adapt_train", "score", "decode")
 GiB = chips.GiB
+FIBER_STACK_FLAG = "--fibers_default_thread_stack_size=33554432"  # 32 MiB
 
 
 class DoesNotFit(stages.StageError):
@@ -93,6 +94,13 @@ def abstract_devices(topology: str) -> list:
   # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for real
   # chips; compiling for abstract devices is safe in several processes at once.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  # libtpu's compiler runs its work on fiber threads with small stacks; the
+  # T0-3B train steps overflowed them (SIGSEGV, "STACK OVERFLOW" in
+  # FusedSpatialMajorConvolution::MakeConvWindows). libtpu reads its flags
+  # when it loads, here (jax's CPU backend and TensorFlow do not load it).
+  flags = os.environ.get("LIBTPU_INIT_ARGS", "")
+  if "fibers_default_thread_stack_size" not in flags:
+    os.environ["LIBTPU_INIT_ARGS"] = f"{flags} {FIBER_STACK_FLAG}".strip()
   kwargs = {}
   if topology.split(":")[0] in ("v4", "v5p"):
     kwargs = dict(chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1), num_slices=1)
@@ -230,7 +238,8 @@ def _resharded(compiled, built: BuiltStep) -> list[str]:
 def compile_one(built: BuiltStep) -> dict:
   """Lowers and compiles one step; returns its per-chip memory, FLOPs and timings."""
   t0 = time.time()
-  lowered = built.lower()
+  lowered = built.lower()  # trace + lower to StableHLO: seconds; the rest is XLA:TPU
+  lower_seconds = round(time.time() - t0, 1)
   try:
     compiled = lowered.compile()
   except Exception as e:  # XLA refuses a program that does not fit the chip
@@ -238,8 +247,8 @@ def compile_one(built: BuiltStep) -> dict:
     m = _OOM.search(text)
     if "RESOURCE_EXHAUSTED" not in text and m is None:
       raise
-    out = {"compile_seconds": round(time.time() - t0, 1), "fits": False,
-           "error": text.strip().splitlines()[0][:300]}
+    out = {"compile_seconds": round(time.time() - t0, 1), "lower_seconds": lower_seconds,
+           "fits": False, "error": text.strip().splitlines()[0][:300]}
     if m:
       out["total_bytes"] = int(float(m.group(1)) * _UNITS[m.group(2)])
     return out
@@ -262,6 +271,7 @@ def compile_one(built: BuiltStep) -> dict:
       "resharded_outputs": len(resharded),
       "resharded_examples": resharded[:5],
       "compile_seconds": round(seconds, 1),
+      "lower_seconds": lower_seconds,
   }
 
 
