@@ -12,7 +12,7 @@ to skip the FLOPs extrapolation (one extra compile a step), `:all` to add the
 decode step to multitask_train, adapt_train and score, or a `+`-joined step
 list (`:score+adapt_train`) to compile only those, in that order. Each case is a
 separate `nice run.py` process (the compile of a 3B step takes minutes and
-several GB; its log and peak RSS go next to the JSON, under scaling_runs/);
+several GB; its report, log and peak RSS go to results/scaling_runs/, git-ignored);
 finished cases are kept in the JSON, so the script resumes. `table` prints the
 measured steps and the model x slice x mesh x step grid ("not compiled" where
 no compile ran).
@@ -97,7 +97,7 @@ def cmd_run(path: str, cases: list[str]) -> None:
     while _available_gib() < 7:
       time.sleep(30)  # other jobs share the machine
     print(f"{time.strftime('%H:%M:%S')} {case} ...", flush=True)
-    results[case] = run_case(case, os.path.join(os.path.dirname(path) or ".", "scaling_runs"))
+    results[case] = run_case(case, os.path.join(ROOT, "results", "scaling_runs"))
     r = results[case]
     print(f"  rc {r['returncode']}, {r['wall_seconds']} s wall, {r['cpu_seconds']} s cpu, "
           f"{r['max_rss_gib']} GiB rss {r.get('error', '')}", flush=True)
