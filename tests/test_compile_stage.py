@@ -80,7 +80,7 @@ def test_scanned_flops_correction_matches_unscanned_compile():
   # XLA counts a scanned stack's body once; `_flops` adds the other layers
   # from one shallow unscanned compile. Against the full unscanned model: equal
   # up to the per-layer bookkeeping that a scan body and unrolled layers do
-  # differently (1.5 % here); one layer too many or too few would be 25 %.
+  # differently (1-2 % at this size); a layer too many or too few would be 25 %.
   config = tiny_config(num_layers=3, scan_layers=True)
   scanned, _ = _forward_flops(config)
   corrected = compile_stage._flops(lambda c: _forward_flops(c)[1], config, scanned)  # pylint: disable=protected-access
