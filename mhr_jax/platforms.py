@@ -32,6 +32,10 @@ def tpu_attached(sys_root: str = "/sys", dev_root: str = "/dev") -> bool:
   return bool(glob.glob(os.path.join(dev_root, "accel*")))
 
 
+def nvidia_gpu_visible() -> bool:
+  return any(os.path.exists(d) for d in NVIDIA_DEVICES)
+
+
 def choose_platforms(environ: Mapping[str, str], libtpu_installed: bool, tpu: bool,
                      nvidia_gpu: bool) -> Optional[str]:
   """'cpu' when libtpu is installed on a host with no accelerator and no choice was made.
@@ -48,7 +52,7 @@ def configure(environ: Optional[MutableMapping[str, str]] = None) -> Optional[st
   """Sets `environ['JAX_PLATFORMS']` per `choose_platforms` (call before importing jax)."""
   environ = os.environ if environ is None else environ
   choice = choose_platforms(environ, importlib.util.find_spec("libtpu") is not None,
-                            tpu_attached(), any(os.path.exists(d) for d in NVIDIA_DEVICES))
+                            tpu_attached(), nvidia_gpu_visible())
   if choice is not None:
     environ["JAX_PLATFORMS"] = choice
   return choice

@@ -40,7 +40,7 @@ def test_tpu_attached_reads_pci_vendors_and_accel_nodes(tmp_path):
 def test_configure_sets_the_choice_and_keeps_a_users(monkeypatch):
   monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
   monkeypatch.setattr(platforms.importlib.util, "find_spec", lambda name: object())
-  monkeypatch.setattr(platforms.os.path, "exists", lambda path: False)
+  monkeypatch.setattr(platforms, "nvidia_gpu_visible", lambda: False)
   environ = {}
   assert platforms.configure(environ) == "cpu" and environ == {"JAX_PLATFORMS": "cpu"}
   environ = {"JAX_PLATFORMS": "cuda"}
