@@ -200,7 +200,10 @@ def build_eval_step(model: T5, kind: str, data: DataConfig, partitioner: Partiti
 
 # --- Compiling and measuring ----------------------------------------------------------
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+# XLA's two out-of-memory messages: "Used 17.1G of 15.75G hbm" and "the total
+# memory required for HLO temporaries (21.05G) exceeds available HBM (15.75G)".
+_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"
+                  r"|memory required for [\w ]+\(([\d.]+)([KMGT]?)\) exceeds")
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
 
@@ -250,7 +253,8 @@ def compile_one(built: BuiltStep) -> dict:
     out = {"compile_seconds": round(time.time() - t0, 1), "lower_seconds": lower_seconds,
            "fits": False, "error": text.strip().splitlines()[0][:300]}
     if m:
-      out["total_bytes"] = int(float(m.group(1)) * _UNITS[m.group(2)])
+      amount, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(5), m.group(6))
+      out["total_bytes"] = int(float(amount) * _UNITS[unit])
     return out
   seconds = time.time() - t0
   mem = compiled.memory_analysis()
