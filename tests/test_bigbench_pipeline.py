@@ -35,7 +35,7 @@ TIES_TASK = {
                   "target_scores": {"stone": 1, "river": 1, "cloud": 1, w: 0}}
                  for w in [f"word{i}" for i in range(30)] for _ in range(3)],
 }
-INPUT_LENGTH = 48
+INPUT_LENGTH = 76  # cuts the toy_mc prompts of two-digit numbers (76 bytes + EOS)
 
 
 @pytest.fixture
