@@ -27,13 +27,16 @@ from tests.task_fixtures import BB_GEN_TASK, BB_MC_TASK, write_bigbench_sdist
 from tests.utils import MICRO
 
 # Held out by tasks.splits.is_heldout (a hash of the name), as toy_gen is: 30 distinct
-# questions, each listed three times; three of four choices tie at the top score.
+# questions, each listed three times; three of four choices tie at the top score. The
+# listed target is the first of them, and the choices differ in length from example to
+# example, so a fresh model often prefers another tied choice (credited all the same).
+_WORDS = ["a", "bb", "stone", "river", "x y z", "cloud", "q"]
 TIES_TASK = {
     "name": "fixture_ties4", "description": "ties and duplicates", "keywords": [],
     "metrics": ["multiple_choice_grade"], "preferred_score": "multiple_choice_grade",
-    "examples": [{"input": f"Which of these is not {w}?",
-                  "target_scores": {"stone": 1, "river": 1, "cloud": 1, w: 0}}
-                 for w in [f"word{i}" for i in range(30)] for _ in range(3)],
+    "examples": [{"input": f"Pick one for word{i}.",
+                  "target_scores": {_WORDS[(i + j) % 7]: int(j < 3) for j in range(4)}}
+                 for i in range(30) for _ in range(3)],
 }
 INPUT_LENGTH = 76  # cuts the toy_mc prompts of two-digit numbers (76 bytes + EOS)
 
@@ -94,12 +97,12 @@ def test_bigbench_config_end_to_end_on_fixture_tasks(fixture_bigbench, tmp_path)
   lines = _lines(os.path.join(out, "adapt_mhr", "predictions", "bigbench_fixture_ties4_s0.jsonl"))
   assert [l["input"] for l in lines] == [r["inputs"] for r in test]
   for line in lines:
-    i = int(re.search(r"not word(\d+)\?", line["input"]).group(1))
+    i = int(re.search(r"for word(\d+)\.", line["input"]).group(1))
     scores = TIES_TASK["examples"][3 * i]["target_scores"]
     assert line["prediction"] == line["choices"][int(np.argmax(line["choice_log_likelihoods"]))]
     assert line["score"] == scores[line["prediction"]]
     assert scores[line["target"]] == 1
-  assert any(l["prediction"] != l["target"] and l["score"] == 1 for l in lines)  # a tie
+  assert any(l["prediction"] != l["target"] and l["score"] == 1 for l in lines), lines  # a tie
   assert results["bigbench_fixture_ties4"]["accuracy"] == pytest.approx(
       100 * np.mean([l["score"] for l in lines]))
 
