@@ -38,7 +38,9 @@ DEFAULT_GIN = os.path.join(_ROOT, "configs", "default.gin")
 USAGE = __doc__
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], compilation_cache: bool = False) -> int:
+  """Runs the command line `argv`; `compilation_cache`: keep compiled steps on disk
+  (mhr_jax/experiment/compilation_cache.py; the command line turns it on)."""
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
   try:
     files, bindings, rest = gin_cli.split_gin_args(argv)
@@ -69,6 +71,8 @@ def main(argv: list[str]) -> int:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; the devices are JAX's
   from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top  (registers gin)
+  from mhr_jax.experiment.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
   # Only the project's own errors are one line (exit 2); anything else is a bug
   # and keeps its traceback. SIGTERM/SIGINT: finish the step, save, exit 143/130.
   with preemption.handle_signals():
@@ -78,6 +82,8 @@ def main(argv: list[str]) -> int:
       if print_config:  # the configuration after every file and override; nothing runs
         print(gin_cli.config_text())
         return 0
+      if compilation_cache:
+        enable_compilation_cache(gin.get_bindings("run").get("stage", "pipeline"))
       pipeline.run()
     except errors.MhrJaxError as e:
       print(f"run.py: error: {errors.one_line(e)}", file=sys.stderr)
@@ -105,4 +111,4 @@ def _native_stderr_silenced():
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main(sys.argv[1:], compilation_cache=True))

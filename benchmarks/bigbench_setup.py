@@ -1,6 +1,6 @@
 """Setup cost of BIG-bench training at 1,000 tasks: from the command to the first step.
 
-  python benchmarks/bigbench_setup.py [--cache_dir DIR] [--skip_run] [--out PATH]
+  python benchmarks/bigbench_setup.py [--cache_dir DIR] [--skip_run] [--skip_data] [--out PATH]
 
 Needs a prepared cache (`python -m tasks.bigbench prepare`; default
 $MHR_JAX_BIGBENCH_DIR). Two measurements, each in a fresh subprocess:
@@ -8,13 +8,16 @@ $MHR_JAX_BIGBENCH_DIR). Two measurements, each in a fresh subprocess:
 * `data`: `import tasks` (registers the 1,001 BIG-bench tasks), then the first batch
   of the 959-task training mixture at configs/experiments/bigbench.gin's lengths and
   batch size; wall and CPU seconds per phase.
-* `run`: `python run.py --gin_file=configs/experiments/bigbench.gin` as the multi-task
-  stage with one step (command -> imports -> registration -> model -> first batch ->
-  compile -> step 1 -> checkpoint -> routing picture), the upper bound of "command to
-  first step".
+* `first_step`: the real command, `python run.py --gin_file=configs/experiments/bigbench.gin`
+  (multi-task stage, the progress bar at every step), until its bar shows step 1
+  (command -> imports -> registration -> model init -> first batch -> compile -> step 1);
+  then the child is killed. Twice: `cold` with an empty JAX compilation cache (a first
+  run), `warm` with the cache the cold run filled (every later run of the config;
+  mhr_jax/experiment/compilation_cache.py).
 
 Reported for each: wall seconds, CPU seconds (user + sys; the machine may be shared, so
-CPU time is the comparable number) and peak resident memory (ru_maxrss of the child).
+CPU time is the comparable number; load averages are recorded) and peak resident memory
+(ru_maxrss of the data child; VmHWM of the run.py child at step 1).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,10 +89,51 @@ def _child(cmd: list[str], env: dict) -> dict:
           "max_rss_gb": round(usage.ru_maxrss / 2**20, 2), "output": out}
 
 
+def _proc_cpu_s(pid: int) -> float:
+  """user + sys CPU seconds of a live process (all its threads), from /proc."""
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_peak_rss_gb(pid: int) -> float:
+  with open(f"/proc/{pid}/status") as f:
+    line = next(l for l in f if l.startswith("VmHWM:"))
+  return int(line.split()[1]) / 2**20
+
+
+def first_step(env: dict, out_dir: str, timeout_s: float = 1800) -> dict:
+  """Runs run.py until its progress bar reports step 1; wall, CPU and peak RSS then."""
+  cmd = [sys.executable, "run.py", f"--gin_file={GIN}", "--gin.run.stage='multitask'",
+         f"--gin.run.output_dir='{out_dir}'", "--gin.train_multitask.steps=100",
+         "--gin.train_multitask.log_every=1", "--gin.train_multitask.checkpoint_every=100",
+         "--gin.train_multitask.show_progress=True"]
+  t = time.time()
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  seen, done = b"", re.compile(rb"\|\s*1/100 \[")
+  try:
+    while not done.search(seen[-4000:]):
+      chunk = os.read(proc.stdout.fileno(), 4096)
+      if not chunk or time.time() - t > timeout_s:
+        proc.wait(timeout=60)
+        raise RuntimeError(f"{' '.join(cmd)} ended (or timed out) before step 1 "
+                           f"(exit {proc.returncode}):\n{seen[-3000:].decode(errors='replace')}")
+      seen += chunk
+    wall, cpu, rss = time.time() - t, _proc_cpu_s(proc.pid), _proc_peak_rss_gb(proc.pid)
+  finally:
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "max_rss_gb": round(rss, 2),
+          "load_avg_1min": os.getloadavg()[0], "command": " ".join(cmd[1:])}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--cache_dir", default=None, help="default $MHR_JAX_BIGBENCH_DIR")
   parser.add_argument("--skip_run", action="store_true", help="only the data measurement")
+  parser.add_argument("--skip_data", action="store_true", help="only the run.py measurement")
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
@@ -100,20 +146,18 @@ def main(argv=None) -> int:
   result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
             "load_avg_at_start": os.getloadavg()[0], "lengths": lengths, "batch": batch}
-  code = _DATA_CHILD.format(root=ROOT, lengths=lengths, batch=batch)
-  data = _child([sys.executable, "-c", code], env)
-  line = [l for l in data.pop("output").splitlines() if l.startswith("RESULT ")][-1]
-  result["data"] = {**data, **json.loads(line[len("RESULT "):])}
-  print("data:", json.dumps(result["data"], indent=1))
+  if not args.skip_data:
+    code = _DATA_CHILD.format(root=ROOT, lengths=lengths, batch=batch)
+    data = _child([sys.executable, "-c", code], env)
+    line = [l for l in data.pop("output").splitlines() if l.startswith("RESULT ")][-1]
+    result["data"] = {**data, **json.loads(line[len("RESULT "):])}
+    print("data:", json.dumps(result["data"], indent=1))
   if not args.skip_run:
-    with tempfile.TemporaryDirectory() as out_dir:
-      cmd = [sys.executable, "run.py", f"--gin_file={GIN}", "--gin.run.stage='multitask'",
-             f"--gin.run.output_dir='{out_dir}'", "--gin.train_multitask.steps=1",
-             "--gin.train_multitask.show_progress=False"]
-      run = _child(cmd, env)
-      tail = run.pop("output").strip().splitlines()[-8:]
-    result["run_one_step"] = {**run, "command": " ".join(cmd[1:]), "output_tail": tail}
-    print("run:", json.dumps(result["run_one_step"], indent=1))
+    with tempfile.TemporaryDirectory() as tmp:
+      env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tmp, "jax_cache")  # empty: a first run
+      for name in ("cold", "warm"):
+        result[f"first_step_{name}"] = first_step(env, os.path.join(tmp, name))
+        print(f"first step ({name}):", json.dumps(result[f"first_step_{name}"], indent=1))
   result["load_avg_at_end"] = os.getloadavg()[0]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

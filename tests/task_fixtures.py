@@ -17,6 +17,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+from typing import Optional
 
 import seqio
 
@@ -66,12 +67,16 @@ BB_SUBTASK = {"name": "toy_parent:easy", "description": "sub", "keywords": [],
                            for i in range(6)]}
 
 
-def write_bigbench_sdist(path: str, fmt: str = "tar") -> str:
-  """Writes the five toy task files in bigbench==1.0.0's sdist ('tar') or wheel ('zip') layout."""
+def write_bigbench_sdist(path: str, fmt: str = "tar", more_tasks: Optional[dict] = None) -> str:
+  """Writes the five toy task files in bigbench==1.0.0's sdist ('tar') or wheel ('zip') layout.
+
+  more_tasks: {task directory: task JSON} written beside them.
+  """
   files = {
       "toy_mc/task.json": BB_MC_TASK, "toy_gen/task.json": BB_GEN_TASK,
       "toy_parent/task.json": BB_PARENT_WITH_SUBTASKS, "toy_parent/easy/task.json": BB_SUBTASK,
       "toy_shuffle/task.json": BB_SHUFFLE_TASK,
+      **{f"{name}/task.json": task for name, task in (more_tasks or {}).items()},
   }
   prefix = "bigbench-1.0.0/bigbench/benchmark_tasks/"
   extra = {"bigbench-1.0.0/setup.py": "", prefix + "toy_mc/README.md": "not a task"}
