@@ -77,6 +77,7 @@ class TorchRunner:
   """PEFT PolyModel (n_splits = MHR heads) on transformers' T5, model.train()."""
 
   def __init__(self, c, dropout, threads, seed=0, device="cpu"):
+    # Deferred: the torch side runs in its own process (see measure), never beside XLA.
     import peft  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top

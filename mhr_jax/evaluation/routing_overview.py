@@ -66,7 +66,7 @@ def save_routing_csv(probs: np.ndarray, path: str, task_names: Sequence[str]) ->
 def save_grouped_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str],
                          title: str = "Learned routing", max_rows: int = 150) -> str:
   """One row per task group (mean routing), clustered, at most `max_rows` groups."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up cost: see results.save_figure_atomic)
+  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names, means, sizes = group_routing(probs, task_names)

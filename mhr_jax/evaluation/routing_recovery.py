@@ -132,7 +132,7 @@ def save_recovery_figure(truth: np.ndarray, rows: np.ndarray, path: str,
                          task_names: Sequence[str] = (), skill_names: Sequence[str] = (),
                          title: str = "Routing recovery") -> str:
   """PNG: ground truth (task x skill), true shared skills and learned similarity (task x task)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up cost: see results.save_figure_atomic)
+  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   truth = np.asarray(truth)
