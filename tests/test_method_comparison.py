@@ -14,6 +14,7 @@ from tests.utils import MICRO
 def test_groups_follow_the_method_config_files():
   groups = mc.group_methods(mc.DEFAULT_METHODS)
   assert groups == {"full": ["lora", "ia3", "full"], "shared_lora": ["shared_lora"],
+                    "shared_ia3": ["shared_ia3"],
                     "poly": ["poly", "poly_z", "poly_mu"], "mhr": ["mhr", "mhr_z", "mhr_mu"]}
 
 
