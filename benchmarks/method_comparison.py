@@ -33,7 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -190,6 +190,21 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
   return "\n".join(lines) + "\n"
 
 
+def _reuse(path: str, key: Mapping) -> Optional[dict]:
+  """The results saved at `path` if they were made with `key` from committed code, else None."""
+  if "+" in key["code"] or not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  return saved["done"] if saved.get("key") == json.loads(json.dumps(key)) else None
+
+
+def _save_done(path: str, key: Mapping, done: Mapping) -> None:
+  from mhr_jax.evaluation.results import write_atomic  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_atomic(path, json.dumps({"key": key, "done": done}, indent=1))
+
+
 def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, int]:
   """{method: number of parameters it trains in adaptation} from the multi-task checkpoint."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -202,6 +217,22 @@ def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, 
                                                    rng=jax.random.PRNGKey(0))
     counts[m] = methods_lib.count_parameters(params, methods_lib.trainable_predicate(m, "adapt"))
   return counts
+
+
+# What the numbers depend on: a re-run reuses saved results only if these are unchanged.
+CODE_PATHS = ("mhr_jax", "tasks", "configs")
+
+
+def _code_version() -> str:
+  """Git tree ids of CODE_PATHS, or '+uncommitted changes' (never reused) when they differ."""
+  try:
+    trees = subprocess.run(["git", "rev-parse"] + [f"HEAD:{p}" for p in CODE_PATHS], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return ",".join(t[:12] for t in trees) + ("+uncommitted changes" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "+unknown"
 
 
 def _commit() -> str:
@@ -226,6 +257,8 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--shots", default="4,16,64",
                       help="comma-separated few-shot k for the shots plot ('' skips it); the "
                       "k of the main table is reused")
+  parser.add_argument("--shots_methods", default="",
+                      help="comma-separated methods run at the other shot counts (default: all)")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -236,7 +269,9 @@ def main(argv: Sequence[str]) -> int:
     overrides.append(a[len("--gin."):])
   methods = [m for m in args.methods.split(",") if m]
   # A re-run over the same --output_dir resumes each finished multi-task stage
-  # from its last checkpoint (no steps left), so only the adaptations run again.
+  # from its last checkpoint (no steps left), and reuses every finished group and
+  # shot count whose commit (clean), overrides and methods are the same
+  # (`_reuse`): separate invocations can fill one output_dir side by side.
 
   import gin  # pylint: disable=g-import-not-at-top
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
@@ -248,10 +283,11 @@ def main(argv: Sequence[str]) -> int:
   if unknown:
     parser.error(f"unknown method(s) {unknown}; valid choices: {sorted(METHODS)}")
 
-  commit = _commit()  # before the runs: the code they ran
+  commit, code = _commit(), _code_version()  # before the runs: the code they ran
   groups = group_methods(methods, overrides)
   summaries, wall, cpu, settings, multitask, shots, trainable = {}, {}, {}, {}, {}, {}, {}
   ks = [int(k) for k in args.shots.split(",") if k]
+  shots_methods = [m for m in args.shots_methods.split(",") if m] or methods
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
   configs = {}
   for multitask_method, adapt in groups.items():
@@ -268,31 +304,51 @@ def main(argv: Sequence[str]) -> int:
         "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
     if zero_shot:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
-    t0, c0 = time.time(), time.process_time()
     group_dir = os.path.join(args.output_dir, multitask_method)
-    summaries.update(pipeline.run())
-    report = os.path.join(group_dir, "multitask_report.json")
-    if os.path.exists(report):
-      with open(report, encoding="utf-8") as f:
-        multitask[multitask_method] = json.load(f)
-    trainable.update(trainable_parameters(adapt, os.path.join(group_dir, "multitask")))
-    trainable.update({f"{m} zero-shot": trainable[m] for m in zero_shot})
-    wall[multitask_method] = time.time() - t0
-    cpu[multitask_method] = time.process_time() - c0
+    key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
+    done = _reuse(os.path.join(group_dir, "comparison.json"), key)
+    if done is None:
+      t0, c0 = time.time(), time.process_time()
+      done = {"summaries": pipeline.run()}
+      report = os.path.join(group_dir, "multitask_report.json")
+      if os.path.exists(report):
+        with open(report, encoding="utf-8") as f:
+          done["multitask"] = json.load(f)
+      done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
+      done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+      done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+      _save_done(os.path.join(group_dir, "comparison.json"), key, done)
+    summaries.update(done["summaries"])
+    if "multitask" in done:
+      multitask[multitask_method] = done["multitask"]
+    trainable.update(done["trainable"])
+    wall[multitask_method], cpu[multitask_method] = done["wall_s"], done["cpu_s"]
   # The other shot counts after every group's main table (the plot is the extra).
   for multitask_method, adapt in groups.items():
     gin.clear_config()
     gin_cli.parse(*configs[multitask_method], [CONFIGS, ROOT])
-    t0, c0 = time.time(), time.process_time()
     group_dir = os.path.join(args.output_dir, multitask_method)
     main_k = gin.query_parameter("adapt_heldout.k")
     for m in adapt:
+      if m not in shots_methods:
+        continue
       for k in ks:
-        shots.setdefault(m, {})[k] = summaries[m] if k == main_k else stages.adapt_heldout(
-            os.path.join(group_dir, f"k{k}"), method=m, k=k,
-            multitask_dir=os.path.join(group_dir, "multitask"))
-    wall[multitask_method] += time.time() - t0
-    cpu[multitask_method] += time.process_time() - c0
+        if k == main_k:
+          shots.setdefault(m, {})[k] = summaries[m]
+          continue
+        path = os.path.join(group_dir, f"k{k}", f"adapt_{m}", "comparison.json")
+        key = {"code": code, "overrides": overrides, "method": m, "k": k}
+        done = _reuse(path, key)
+        if done is None:
+          t0, c0 = time.time(), time.process_time()
+          done = {"summary": stages.adapt_heldout(
+              os.path.join(group_dir, f"k{k}"), method=m, k=k,
+              multitask_dir=os.path.join(group_dir, "multitask"))}
+          done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+          _save_done(path, key, done)
+        shots.setdefault(m, {})[k] = done["summary"]
+        wall[multitask_method] += done["wall_s"]
+        cpu[multitask_method] += done["cpu_s"]
   gin.clear_config()
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
   shots_png = os.path.join(os.path.dirname(os.path.abspath(args.results)), "shots.png")
