@@ -69,3 +69,15 @@ def test_bad_arguments_name_the_valid_choices(capsys):
   with pytest.raises(SystemExit):
     mc.main(["--steps=3"])
   assert "--gin.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_saved_results_are_reused_only_for_the_same_committed_code_and_settings(tmp_path):
+  path = str(tmp_path / "g" / "comparison.json")
+  key = {"code": "abc,def,123", "overrides": ["adapt_heldout.k = 4"], "method": "mhr", "k": 4}
+  mc._save_done(path, key, {"summary": {"average": {}}, "wall_s": 1.0, "cpu_s": 2.0})
+  assert mc._reuse(path, dict(key))["cpu_s"] == 2.0
+  assert mc._reuse(path, {**key, "overrides": []}) is None  # other settings
+  assert mc._reuse(path, {**key, "code": "abc,def,124"}) is None  # other code
+  mc._save_done(path, {**key, "code": "abc+uncommitted changes"}, {"summary": {}})
+  assert mc._reuse(path, {**key, "code": "abc+uncommitted changes"}) is None  # never dirty
+  assert mc._reuse(str(tmp_path / "missing.json"), key) is None
