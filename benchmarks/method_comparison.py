@@ -259,6 +259,9 @@ def main(argv: Sequence[str]) -> int:
                       "k of the main table is reused")
   parser.add_argument("--shots_methods", default="",
                       help="comma-separated methods run at the other shot counts (default: all)")
+  parser.add_argument("--shots_only", action="store_true",
+                      help="only the other shot counts, from finished multi-task stages; saved "
+                      "for a later full run over the same --output_dir, which reuses them")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -306,6 +309,8 @@ def main(argv: Sequence[str]) -> int:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
     group_dir = os.path.join(args.output_dir, multitask_method)
     key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
+    if args.shots_only:
+      continue
     done = _reuse(os.path.join(group_dir, "comparison.json"), key)
     if done is None:
       t0, c0 = time.time(), time.process_time()
@@ -334,7 +339,8 @@ def main(argv: Sequence[str]) -> int:
         continue
       for k in ks:
         if k == main_k:
-          shots.setdefault(m, {})[k] = summaries[m]
+          if m in summaries:
+            shots.setdefault(m, {})[k] = summaries[m]
           continue
         path = os.path.join(group_dir, f"k{k}", f"adapt_{m}", "comparison.json")
         key = {"code": code, "overrides": overrides, "method": m, "k": k}
@@ -347,9 +353,12 @@ def main(argv: Sequence[str]) -> int:
           done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
           _save_done(path, key, done)
         shots.setdefault(m, {})[k] = done["summary"]
-        wall[multitask_method] += done["wall_s"]
-        cpu[multitask_method] += done["cpu_s"]
+        wall[multitask_method] = wall.get(multitask_method, 0.0) + done["wall_s"]
+        cpu[multitask_method] = cpu.get(multitask_method, 0.0) + done["cpu_s"]
   gin.clear_config()
+  if args.shots_only:
+    print(f"saved the other shot counts under {args.output_dir}")
+    return 0
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
   shots_png = os.path.join(os.path.dirname(os.path.abspath(args.results)), "shots.png")
   if shots:
