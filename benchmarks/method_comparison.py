@@ -205,6 +205,29 @@ def _save_done(path: str, key: Mapping, done: Mapping) -> None:
   write_atomic(path, json.dumps({"key": key, "done": done}, indent=1))
 
 
+def _from_units(group_dir: str, code: str, overrides: Sequence[str], adapt: Sequence[str],
+                zero_shot: Sequence[str], main_k: int) -> Optional[dict]:
+  """A group's results assembled from `--units_only` runs, if every unit and the multi-task
+  report are there (else None): the same stages the pipeline runs, in separate processes."""
+  report = os.path.join(group_dir, "multitask_report.json")
+  units = {m: _reuse(os.path.join(group_dir, f"k{main_k}", f"adapt_{m}", "comparison.json"),
+                     {"code": code, "overrides": overrides, "method": m, "k": main_k})
+           for m in adapt}
+  units.update({f"{m} zero-shot": _reuse(
+      os.path.join(group_dir, "units", f"zero_shot_{m}", "comparison.json"),
+      {"code": code, "overrides": overrides, "zero_shot": m}) for m in zero_shot})
+  if not os.path.exists(report) or any(u is None for u in units.values()):
+    return None
+  with open(report, encoding="utf-8") as f:
+    done = {"multitask": json.load(f)}
+  done["summaries"] = {m: u["summary"] for m, u in units.items()}
+  done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
+  done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+  done.update(wall_s=sum(u["wall_s"] for u in units.values()),
+              cpu_s=sum(u["cpu_s"] for u in units.values()))
+  return done
+
+
 def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, int]:
   """{method: number of parameters it trains in adaptation} from the multi-task checkpoint."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -262,6 +285,10 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--shots_only", action="store_true",
                       help="only the other shot counts, from finished multi-task stages; saved "
                       "for a later full run over the same --output_dir, which reuses them")
+  parser.add_argument("--units_only", action="store_true",
+                      help="as --shots_only, but every shot count of --shots (the main k too) "
+                      "and the zero-shot runs of the --shots_methods: a group's adaptations "
+                      "split over several processes; a later full run assembles them")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -309,9 +336,11 @@ def main(argv: Sequence[str]) -> int:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
     group_dir = os.path.join(args.output_dir, multitask_method)
     key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
-    if args.shots_only:
+    if args.shots_only or args.units_only:
       continue
-    done = _reuse(os.path.join(group_dir, "comparison.json"), key)
+    done = (_reuse(os.path.join(group_dir, "comparison.json"), key)
+            or _from_units(group_dir, code, overrides, adapt, zero_shot,
+                           gin.query_parameter("adapt_heldout.k")))
     if done is None:
       t0, c0 = time.time(), time.process_time()
       done = {"summaries": pipeline.run()}
@@ -338,7 +367,7 @@ def main(argv: Sequence[str]) -> int:
       if m not in shots_methods:
         continue
       for k in ks:
-        if k == main_k:
+        if k == main_k and not args.units_only:
           if m in summaries:
             shots.setdefault(m, {})[k] = summaries[m]
           continue
@@ -355,8 +384,17 @@ def main(argv: Sequence[str]) -> int:
         shots.setdefault(m, {})[k] = done["summary"]
         wall[multitask_method] = wall.get(multitask_method, 0.0) + done["wall_s"]
         cpu[multitask_method] = cpu.get(multitask_method, 0.0) + done["cpu_s"]
+      if args.units_only and m.endswith("_mu") and not args.no_zero_shot:
+        path = os.path.join(group_dir, "units", f"zero_shot_{m}", "comparison.json")
+        key = {"code": code, "overrides": overrides, "zero_shot": m}
+        if _reuse(path, key) is None:
+          t0, c0 = time.time(), time.process_time()
+          done = {"summary": stages.mu_zero_shot(os.path.join(group_dir, "units"), method=m,
+                                                 multitask_dir=os.path.join(group_dir, "multitask"))}
+          done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+          _save_done(path, key, done)
   gin.clear_config()
-  if args.shots_only:
+  if args.shots_only or args.units_only:
     print(f"saved the other shot counts under {args.output_dir}")
     return 0
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
