@@ -20,7 +20,7 @@ adaptation, plus a per-task table; the header records the exact command, the
 commit and the machine. Every group's k of the main table runs first, then the
 other shot counts (`--shots`) for the plot. Written atomically.
 
-  python benchmarks/method_comparison.py                       # ~45 CPU-minutes
+  python benchmarks/method_comparison.py                       # ~30 CPU-min at k=16 alone
   python benchmarks/method_comparison.py --methods mhr,poly --gin.adapt_heldout.seeds='(0,)'
 """
 
