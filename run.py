@@ -34,6 +34,12 @@ from mhr_jax import platforms  # pylint: disable=g-import-not-at-top
 
 platforms.configure()  # JAX_PLATFORMS=cpu on a host without an accelerator (libtpu's noise)
 
+# Light modules only at the top: TensorFlow (under `tasks`) and jax load in main(),
+# after --help and argument errors, and with TF's native start-up lines silenced.
+import gin  # noqa: E402
+from mhr_jax import errors, gin_cli  # noqa: E402
+from mhr_jax.training import preemption  # noqa: E402
+
 DEFAULT_GIN = os.path.join(_ROOT, "configs", "default.gin")
 USAGE = __doc__
 
@@ -41,7 +47,6 @@ USAGE = __doc__
 def main(argv: list[str], compilation_cache: bool = False) -> int:
   """Runs the command line `argv`; `compilation_cache`: keep compiled steps on disk
   (mhr_jax/experiment/compilation_cache.py; the command line turns it on)."""
-  from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
   try:
     files, bindings, rest = gin_cli.split_gin_args(argv)
   except gin_cli.GinConfigError as e:
@@ -64,15 +69,13 @@ def main(argv: list[str], compilation_cache: bool = False) -> int:
                       datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from mhr_jax import errors  # pylint: disable=g-import-not-at-top
-  from mhr_jax.training import preemption  # pylint: disable=g-import-not-at-top
   with _native_stderr_silenced():  # TensorFlow's C++ start-up lines (CUDA probes)
     import tasks  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; the devices are JAX's
-  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top  (registers gin)
+  # After TF, inside main (see the top); importing it registers the gin configurables.
+  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
   from mhr_jax.experiment.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
-  import gin  # pylint: disable=g-import-not-at-top
   # Only the project's own errors are one line (exit 2); anything else is a bug
   # and keeps its traceback. SIGTERM/SIGINT: finish the step, save, exit 143/130.
   with preemption.handle_signals():

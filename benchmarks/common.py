@@ -19,6 +19,7 @@ if ROOT not in sys.path:
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 
 from mhr_jax.adapters.config import AdapterConfig  # noqa: E402
 from mhr_jax.adapters.methods import trainable_predicate  # noqa: E402
@@ -111,7 +112,6 @@ def load_info() -> dict:
 
 
 def machine_info() -> dict:
-  import psutil  # pylint: disable=g-import-not-at-top
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "processor": platform.processor() or platform.machine(),
           "jax": jax.__version__, "jax_backend": jax.default_backend(),
@@ -129,7 +129,6 @@ def machine_info() -> dict:
 
 
 def rss_bytes() -> int:
-  import psutil  # pylint: disable=g-import-not-at-top
   return psutil.Process().memory_info().rss
 
 

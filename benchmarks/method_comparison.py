@@ -8,16 +8,19 @@ method files' settings:
   full         -> lora, ia3, full   (backbone pre-trained alone, then a fresh
                                      adapter / full fine-tuning per task)
   shared_lora  -> shared_lora       (backbone + one LoRA for all tasks)
+  shared_ia3   -> shared_ia3        (backbone + one (IA)^3 for all tasks)
   poly         -> poly, poly_z, poly_mu
   mhr          -> mhr, mhr_z, mhr_mu
 
 Every μ method (poly_mu, mhr_mu) is also run as μ zero-shot (the averaged
 adapter trained on the training tasks, no few-shot data; `--no_zero_shot`
-skips it). The table reports held-out exact match (and Rouge-L), the mean over tasks,
-mean ± std over seeds, plus a per-task table; the header records the exact
-command, the commit and the machine. Written atomically.
+skips it). The table reports held-out exact match (and Rouge-L), the mean over tasks
+± its 95 % interval over seeds, and the parameters each method trains in
+adaptation, plus a per-task table; the header records the exact command, the
+commit and the machine. Every group's k of the main table runs first, then the
+other shot counts (`--shots`) for the plot. Written atomically.
 
-  python benchmarks/method_comparison.py                       # ~30 min on 2 CPU cores
+  python benchmarks/method_comparison.py                       # ~30 CPU-min at k=16 alone
   python benchmarks/method_comparison.py --methods mhr,poly --gin.adapt_heldout.seeds='(0,)'
 """
 
@@ -30,7 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 EXPERIMENT = os.path.join(CONFIGS, "experiments", "synthetic.gin")
 # Order of the rows: baselines first, then routing and its ablations.
-ORDER = ("lora", "ia3", "full", "shared_lora", "poly", "poly_z", "poly_mu", "poly_mu zero-shot",
+ORDER = ("lora", "ia3", "full", "shared_lora", "shared_ia3", "poly", "poly_z", "poly_mu", "poly_mu zero-shot",
          "mhr", "mhr_z", "mhr_mu", "mhr_mu zero-shot")
 DEFAULT_METHODS = tuple(m for m in ORDER if " " not in m)
 # Everything below this line of an existing results file is hand-written
@@ -110,11 +113,14 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
                      *, command: str, machine: Mapping, commit: str, settings: Mapping,
                      wall_s: Mapping[str, float], multitask: Mapping[str, Mapping] = {},
                      shots: Mapping[str, Mapping[int, Mapping]] = {},
-                     shots_png: str = "") -> str:
+                     shots_png: str = "", trainable: Mapping[str, int] = {},
+                     cpu_s: Mapping[str, float] = {}) -> str:
   """docs/RESULTS.md: the method table, a per-task table and how it was made.
 
   summaries: {method: {task: {metric: {mean, std, n}}, 'average': {...}}} as
   `mhr_jax.evaluation.results.aggregate` returns.
+  trainable: {method: parameters trained in adaptation} (a column when given).
+  cpu_s: {multi-task stage: CPU seconds of the process} (a column when given).
   """
   methods = [m for m in ORDER if m in summaries] + [m for m in summaries if m not in ORDER]
   pretrain = {m: g for g, ms in groups.items() for m in ms}
@@ -133,13 +139,15 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
       f"{machine.get('memory_gib', '?')} GiB, JAX {machine.get('jax', '?')} "
       f"({machine.get('jax_backend', '?')}), {machine.get('date', '?')}  ",
       "Settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items()), "",
-      "| method | multi-task stage | exact match | Rouge-L | seeds |",
-      "|---|---|---:|---:|---:|",
+      "| method | multi-task stage | exact match | Rouge-L | seeds |"
+      + (" trainable params (adaptation) |" if trainable else ""),
+      "|---|---|---:|---:|---:|" + ("---:|" if trainable else ""),
   ]
   for m in methods:
     avg = summaries[m]["average"]
+    n_params = (f" {trainable[m]:,} |" if m in trainable else " |") if trainable else ""
     lines.append(f"| {m} | {pretrain.get(m, '?')} | {_cell(summaries[m], 'exact_match')} | "
-                 f"{_cell(summaries[m], 'rouge_l')} | {avg['exact_match']['n']} |")
+                 f"{_cell(summaries[m], 'rouge_l')} | {avg['exact_match']['n']} |{n_params}")
   lines += ["", "Ordering by exact match: " + " > ".join(ranked) + ".", ""]
   if multitask:
     lines += ["## Multi-task stage: training tasks and routing recovery", "",
@@ -173,11 +181,81 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
     cells = [f"{summaries[m][t]['exact_match']['mean']:.1f}" if t in summaries[m] else ""
              for m in methods]
     lines.append(f"| {t} | " + " | ".join(cells) + " |")
-  lines += ["", "## Wall time per multi-task group", "",
-            "| multi-task stage | adaptation methods | wall s |", "|---|---|---:|"]
+  lines += ["", "## Time per multi-task group (its pre-training, adaptations, zero-shot, shots)", "",
+            "| multi-task stage | adaptation methods | wall s |" + (" CPU s |" if cpu_s else ""),
+            "|---|---|---:|" + ("---:|" if cpu_s else "")]
   for g, ms in groups.items():
-    lines.append(f"| {g} | {', '.join(ms)} | {wall_s.get(g, float('nan')):.0f} |")
+    cpu = f" {cpu_s.get(g, float('nan')):.0f} |" if cpu_s else ""
+    lines.append(f"| {g} | {', '.join(ms)} | {wall_s.get(g, float('nan')):.0f} |{cpu}")
   return "\n".join(lines) + "\n"
+
+
+def _reuse(path: str, key: Mapping) -> Optional[dict]:
+  """The results saved at `path` if they were made with `key` from committed code, else None."""
+  if "+" in key["code"] or not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  return saved["done"] if saved.get("key") == json.loads(json.dumps(key)) else None
+
+
+def _save_done(path: str, key: Mapping, done: Mapping) -> None:
+  from mhr_jax.evaluation.results import write_atomic  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_atomic(path, json.dumps({"key": key, "done": done}, indent=1))
+
+
+def _from_units(group_dir: str, code: str, overrides: Sequence[str], adapt: Sequence[str],
+                zero_shot: Sequence[str], main_k: int) -> Optional[dict]:
+  """A group's results assembled from `--units_only` runs, if every unit and the multi-task
+  report are there (else None): the same stages the pipeline runs, in separate processes."""
+  report = os.path.join(group_dir, "multitask_report.json")
+  units = {m: _reuse(os.path.join(group_dir, f"k{main_k}", f"adapt_{m}", "comparison.json"),
+                     {"code": code, "overrides": overrides, "method": m, "k": main_k})
+           for m in adapt}
+  units.update({f"{m} zero-shot": _reuse(
+      os.path.join(group_dir, "units", f"zero_shot_{m}", "comparison.json"),
+      {"code": code, "overrides": overrides, "zero_shot": m}) for m in zero_shot})
+  if not os.path.exists(report) or any(u is None for u in units.values()):
+    return None
+  with open(report, encoding="utf-8") as f:
+    done = {"multitask": json.load(f)}
+  done["summaries"] = {m: u["summary"] for m, u in units.items()}
+  done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
+  done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+  done.update(wall_s=sum(u["wall_s"] for u in units.values()),
+              cpu_s=sum(u["cpu_s"] for u in units.values()))
+  return done
+
+
+def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, int]:
+  """{method: number of parameters it trains in adaptation} from the multi-task checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mhr_jax.adapters import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
+  _, mt_adapter, mt_params, _ = stages.load_multitask(multitask_dir)
+  counts = {}
+  for m in adapt:
+    _, params = methods_lib.init_adaptation_params(m, mt_params, mt_adapter,
+                                                   rng=jax.random.PRNGKey(0))
+    counts[m] = methods_lib.count_parameters(params, methods_lib.trainable_predicate(m, "adapt"))
+  return counts
+
+
+# What the numbers depend on: a re-run reuses saved results only if these are unchanged.
+CODE_PATHS = ("mhr_jax", "tasks", "configs")
+
+
+def _code_version() -> str:
+  """Git tree ids of CODE_PATHS, or '+uncommitted changes' (never reused) when they differ."""
+  try:
+    trees = subprocess.run(["git", "rev-parse"] + [f"HEAD:{p}" for p in CODE_PATHS], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return ",".join(t[:12] for t in trees) + ("+uncommitted changes" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "+unknown"
 
 
 def _commit() -> str:
@@ -202,6 +280,15 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--shots", default="4,16,64",
                       help="comma-separated few-shot k for the shots plot ('' skips it); the "
                       "k of the main table is reused")
+  parser.add_argument("--shots_methods", default="",
+                      help="comma-separated methods run at the other shot counts (default: all)")
+  parser.add_argument("--shots_only", action="store_true",
+                      help="only the other shot counts, from finished multi-task stages; saved "
+                      "for a later full run over the same --output_dir, which reuses them")
+  parser.add_argument("--units_only", action="store_true",
+                      help="as --shots_only, but every shot count of --shots (the main k too) "
+                      "and the zero-shot runs of the --shots_methods: a group's adaptations "
+                      "split over several processes; a later full run assembles them")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -212,7 +299,9 @@ def main(argv: Sequence[str]) -> int:
     overrides.append(a[len("--gin."):])
   methods = [m for m in args.methods.split(",") if m]
   # A re-run over the same --output_dir resumes each finished multi-task stage
-  # from its last checkpoint (no steps left), so only the adaptations run again.
+  # from its last checkpoint (no steps left), and reuses every finished group and
+  # shot count whose commit (clean), overrides and methods are the same
+  # (`_reuse`): separate invocations can fill one output_dir side by side.
 
   import gin  # pylint: disable=g-import-not-at-top
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
@@ -224,40 +313,90 @@ def main(argv: Sequence[str]) -> int:
   if unknown:
     parser.error(f"unknown method(s) {unknown}; valid choices: {sorted(METHODS)}")
 
-  commit = _commit()  # before the runs: the code they ran
+  commit, code = _commit(), _code_version()  # before the runs: the code they ran
   groups = group_methods(methods, overrides)
-  summaries, wall, settings, multitask, shots = {}, {}, {}, {}, {}
+  summaries, wall, cpu, settings, multitask, shots, trainable = {}, {}, {}, {}, {}, {}, {}
   ks = [int(k) for k in args.shots.split(",") if k]
+  shots_methods = [m for m in args.shots_methods.split(",") if m] or methods
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
+  configs = {}
   for multitask_method, adapt in groups.items():
     zero_shot = [] if args.no_zero_shot else [m for m in adapt if m.endswith("_mu")]
+    bindings = overrides + (quiet if args.quiet else []) + [
+        f"run.output_dir = '{os.path.join(args.output_dir, multitask_method)}'",
+        "run.stage = 'pipeline'", f"run.adapt_methods = {adapt!r}",
+        f"run.zero_shot_methods = {zero_shot!r}"]
+    configs[multitask_method] = ([EXPERIMENT, method_file(adapt[0])], bindings)
     gin.clear_config()
-    gin_cli.parse([EXPERIMENT, method_file(adapt[0])],
-                  overrides + (quiet if args.quiet else []) + [
-                      f"run.output_dir = '{os.path.join(args.output_dir, multitask_method)}'",
-                      "run.stage = 'pipeline'", f"run.adapt_methods = {adapt!r}",
-                      f"run.zero_shot_methods = {zero_shot!r}"],
-                  [CONFIGS, ROOT])
+    gin_cli.parse(*configs[multitask_method], [CONFIGS, ROOT])
     settings = {name: gin.query_parameter(name) for name in (
         "train_multitask.steps", "adapt_heldout.k", "adapt_heldout.steps",
         "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
     if zero_shot:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
-    t0 = time.time()
     group_dir = os.path.join(args.output_dir, multitask_method)
-    summaries.update(pipeline.run())
-    report = os.path.join(group_dir, "multitask_report.json")
-    if os.path.exists(report):
-      with open(report, encoding="utf-8") as f:
-        multitask[multitask_method] = json.load(f)
+    key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
+    if args.shots_only or args.units_only:
+      continue
+    done = (_reuse(os.path.join(group_dir, "comparison.json"), key)
+            or _from_units(group_dir, code, overrides, adapt, zero_shot,
+                           gin.query_parameter("adapt_heldout.k")))
+    if done is None:
+      t0, c0 = time.time(), time.process_time()
+      done = {"summaries": pipeline.run()}
+      report = os.path.join(group_dir, "multitask_report.json")
+      if os.path.exists(report):
+        with open(report, encoding="utf-8") as f:
+          done["multitask"] = json.load(f)
+      done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
+      done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+      done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+      _save_done(os.path.join(group_dir, "comparison.json"), key, done)
+    summaries.update(done["summaries"])
+    if "multitask" in done:
+      multitask[multitask_method] = done["multitask"]
+    trainable.update(done["trainable"])
+    wall[multitask_method], cpu[multitask_method] = done["wall_s"], done["cpu_s"]
+  # The other shot counts after every group's main table (the plot is the extra).
+  for multitask_method, adapt in groups.items():
+    gin.clear_config()
+    gin_cli.parse(*configs[multitask_method], [CONFIGS, ROOT])
+    group_dir = os.path.join(args.output_dir, multitask_method)
     main_k = gin.query_parameter("adapt_heldout.k")
     for m in adapt:
+      if m not in shots_methods:
+        continue
       for k in ks:
-        shots.setdefault(m, {})[k] = summaries[m] if k == main_k else stages.adapt_heldout(
-            os.path.join(group_dir, f"k{k}"), method=m, k=k,
-            multitask_dir=os.path.join(group_dir, "multitask"))
-    wall[multitask_method] = time.time() - t0
+        if k == main_k and not args.units_only:
+          if m in summaries:
+            shots.setdefault(m, {})[k] = summaries[m]
+          continue
+        path = os.path.join(group_dir, f"k{k}", f"adapt_{m}", "comparison.json")
+        key = {"code": code, "overrides": overrides, "method": m, "k": k}
+        done = _reuse(path, key)
+        if done is None:
+          t0, c0 = time.time(), time.process_time()
+          done = {"summary": stages.adapt_heldout(
+              os.path.join(group_dir, f"k{k}"), method=m, k=k,
+              multitask_dir=os.path.join(group_dir, "multitask"))}
+          done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+          _save_done(path, key, done)
+        shots.setdefault(m, {})[k] = done["summary"]
+        wall[multitask_method] = wall.get(multitask_method, 0.0) + done["wall_s"]
+        cpu[multitask_method] = cpu.get(multitask_method, 0.0) + done["cpu_s"]
+      if args.units_only and m.endswith("_mu") and not args.no_zero_shot:
+        path = os.path.join(group_dir, "units", f"zero_shot_{m}", "comparison.json")
+        key = {"code": code, "overrides": overrides, "zero_shot": m}
+        if _reuse(path, key) is None:
+          t0, c0 = time.time(), time.process_time()
+          done = {"summary": stages.mu_zero_shot(os.path.join(group_dir, "units"), method=m,
+                                                 multitask_dir=os.path.join(group_dir, "multitask"))}
+          done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+          _save_done(path, key, done)
   gin.clear_config()
+  if args.shots_only or args.units_only:
+    print(f"saved the other shot counts under {args.output_dir}")
+    return 0
   command = "python benchmarks/method_comparison.py " + " ".join(shlex.quote(a) for a in argv)
   shots_png = os.path.join(os.path.dirname(os.path.abspath(args.results)), "shots.png")
   if shots:
@@ -265,7 +404,7 @@ def main(argv: Sequence[str]) -> int:
   text = results_markdown(summaries, groups, command=command.strip(),
                           machine={**common.machine_info(), "cpu_count": os.cpu_count()},
                           commit=commit, settings=settings, wall_s=wall, multitask=multitask,
-                          shots=shots, shots_png=shots_png)
+                          shots=shots, shots_png=shots_png, trainable=trainable, cpu_s=cpu)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   notes = kept_notes(args.results)
   write_atomic(args.results, text + ("\n" + notes if notes else ""))

@@ -41,7 +41,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+
 from benchmarks import common  # noqa: E402
+from mhr_jax.adapters.config import AdapterConfig  # noqa: E402
+from mhr_jax.models import T5Config  # noqa: E402
 
 FULL = dict(vocab=512, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=1024,
             batch=16, input_len=64, target_len=32, rank=8, n_skills=8, n_heads=4, n_tasks=16)
@@ -59,8 +63,6 @@ SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY, "base": BASE}
 
 
 def jax_runner(c, dropout, seed=0):
-  from mhr_jax.adapters.config import AdapterConfig  # pylint: disable=g-import-not-at-top
-  from mhr_jax.models import T5Config  # pylint: disable=g-import-not-at-top
   config = T5Config(vocab_size=c["vocab"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
                     num_layers=c["num_layers"], num_heads=c["num_heads"],
                     dropout_rate=dropout, feed_forward_proj="relu", tie_word_embeddings=True)
@@ -75,6 +77,7 @@ class TorchRunner:
   """PEFT PolyModel (n_splits = MHR heads) on transformers' T5, model.train()."""
 
   def __init__(self, c, dropout, threads, seed=0, device="cpu"):
+    # Deferred: the torch side runs in its own process (see measure), never beside XLA.
     import peft  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
@@ -183,7 +186,6 @@ def worker(framework, c, dropout, threads, warmup, steps, device="cpu"):
                     "step_peak_rss_delta_mib": (peak - base) / 2**20,
                     "process_peak_rss_mib": common.peak_rss_bytes() / 2**20}}
   if framework == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
     out["compile_s"] = runner.compile_s
     try:
       stats = jax.devices()[0].memory_stats()

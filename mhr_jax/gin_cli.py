@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
 import os
 from typing import Sequence
 
 import gin
+from gin import config as gin_config
 
 from mhr_jax import errors
 
@@ -65,7 +67,6 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
     if not _findable(f):
       raise GinConfigError(f"gin file {f!r} not found (searched: cwd, "
                            f"{', '.join(search_paths) or 'no search paths'})")
-  import logging  # pylint: disable=g-import-not-at-top
   root = logging.getLogger()
   level = root.level
   root.setLevel(logging.CRITICAL)  # gin logs an ERROR for every search-path miss
@@ -105,7 +106,6 @@ def _findable(path: str) -> bool:
   if os.path.exists(path):
     return True
   try:
-    from gin import config as gin_config  # pylint: disable=g-import-not-at-top
     return any(os.path.exists(os.path.join(p, path))
                for p in getattr(gin_config, "_LOCATION_PREFIXES", []))
   except Exception:  # pylint: disable=broad-except
@@ -113,7 +113,6 @@ def _findable(path: str) -> bool:
 
 
 def _known_configurables() -> list[str]:
-  from gin import config as gin_config  # pylint: disable=g-import-not-at-top
   names = []
   for key, _ in gin_config._REGISTRY.items():  # pylint: disable=protected-access
     names.append(str(key).split(".")[-1])

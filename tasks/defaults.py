@@ -7,15 +7,15 @@ from typing import Optional
 
 import seqio
 
+from tasks import bigbench, natural_instructions, p3, registry, t0
+from tasks.synthetic import SyntheticSpec, register_synthetic
+
 log = logging.getLogger(__name__)
 
 
 def register_defaults(vocabulary: Optional[seqio.Vocabulary] = None) -> list[str]:
   """Registers synthetic and T0 always, BIG-bench, Super-NaturalInstructions and P3 when
   their local data exist. Idempotent. Returns the registered family names."""
-  # pylint: disable=g-import-not-at-top
-  from tasks import bigbench, natural_instructions, p3, registry, t0
-  from tasks.synthetic import SyntheticSpec, register_synthetic
   names = [register_synthetic(SyntheticSpec(), vocabulary).name,
            t0.register_t0(vocabulary=vocabulary).name]
   if bigbench.available():

@@ -80,6 +80,7 @@ def _import_stand_ins():
 @functools.lru_cache(maxsize=None)
 def _templates_module():
   with _import_stand_ins():
+    # Deferred: an optional dependency (requirements-nodeps.txt) that needs the stand-ins.
     from promptsource import templates  # pylint: disable=g-import-not-at-top
   return templates
 

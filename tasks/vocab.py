@@ -14,8 +14,10 @@ import tempfile
 from typing import Iterable, Optional, Sequence
 
 import seqio
+import sentencepiece as spm
 
 from mhr_jax import errors
+from tasks import synthetic
 
 KINDS = ("byte", "sentencepiece", "checkpoint")
 PAD_ID, EOS_ID = 0, 1
@@ -64,7 +66,6 @@ def train_sentencepiece(texts: Sequence[str], vocab_size: int,
   place, so a crash never leaves a partial model behind. Ids: pad 0, eos 1,
   unk 2, no bos. `vocab_size` is an upper bound (small corpora get fewer pieces).
   """
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   lines = _training_lines(texts)
   if not lines:
     raise ValueError("train_sentencepiece needs at least one non-empty text")
@@ -109,7 +110,6 @@ def get_vocabulary(checkpoint_dir: Optional[str] = None, kind: str = "byte", *,
     return seqio.ByteVocabulary()
   if kind == "sentencepiece":
     if texts is None:
-      from tasks import synthetic  # pylint: disable=g-import-not-at-top
       texts = synthetic.training_texts(synthetic.SyntheticSpec())
     return seqio.SentencePieceVocabulary(train_sentencepiece(texts, vocab_size, cache_dir))
   if kind == "checkpoint":

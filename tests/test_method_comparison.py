@@ -14,6 +14,7 @@ from tests.utils import MICRO
 def test_groups_follow_the_method_config_files():
   groups = mc.group_methods(mc.DEFAULT_METHODS)
   assert groups == {"full": ["lora", "ia3", "full"], "shared_lora": ["shared_lora"],
+                    "shared_ia3": ["shared_ia3"],
                     "poly": ["poly", "poly_z", "poly_mu"], "mhr": ["mhr", "mhr_z", "mhr_mu"]}
 
 
@@ -68,3 +69,15 @@ def test_bad_arguments_name_the_valid_choices(capsys):
   with pytest.raises(SystemExit):
     mc.main(["--steps=3"])
   assert "--gin.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_saved_results_are_reused_only_for_the_same_committed_code_and_settings(tmp_path):
+  path = str(tmp_path / "g" / "comparison.json")
+  key = {"code": "abc,def,123", "overrides": ["adapt_heldout.k = 4"], "method": "mhr", "k": 4}
+  mc._save_done(path, key, {"summary": {"average": {}}, "wall_s": 1.0, "cpu_s": 2.0})
+  assert mc._reuse(path, dict(key))["cpu_s"] == 2.0
+  assert mc._reuse(path, {**key, "overrides": []}) is None  # other settings
+  assert mc._reuse(path, {**key, "code": "abc,def,124"}) is None  # other code
+  mc._save_done(path, {**key, "code": "abc+uncommitted changes"}, {"summary": {}})
+  assert mc._reuse(path, {**key, "code": "abc+uncommitted changes"}) is None  # never dirty
+  assert mc._reuse(str(tmp_path / "missing.json"), key) is None

@@ -18,6 +18,7 @@ import pytest
 
 import tasks
 from mhr_jax import gin_cli
+from mhr_jax.evaluation.predictions import predictions_path
 from mhr_jax.experiment import pipeline, stages
 from tasks import natural_instructions, p3, registry, t0
 from tests.task_fixtures import (save_hf_checkpoint_with_vocab, t0_fixture_source,
@@ -134,6 +135,13 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
     if config == "t0_3b.gin" and stage == "adapt":  # best of the per-step evaluations
       assert records[0]["accuracy_best_of_evals_optimistic"] == pytest.approx(
           max(e["accuracy"] for e in evaluations))
+    # The reported evaluation's predictions are saved (best_of_evaluations included).
+    with open(predictions_path(os.path.join(out, f"{stage}_{method}"), heldout, 0)) as f:
+      lines = [json.loads(line) for line in f]
+    assert lines and all(line["input"] and "prediction" in line for line in lines)
+    if "accuracy" in expected:
+      assert 100 * np.mean([line["score"] for line in lines]) == pytest.approx(
+          records[0]["accuracy"])
   with open(os.path.join(out, "summary.md")) as f:
     summary = f.read()
   assert all(f"| {m} |" in summary for m in methods), summary

@@ -32,6 +32,7 @@ import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from mhr_jax import param_tree
 from mhr_jax.adapters.config import AdapterConfig
@@ -128,7 +129,6 @@ def peft_poly_state_dict(params, config: AdapterConfig) -> dict[str, np.ndarray]
 def save_peft_poly(params, config: AdapterConfig, directory: str, *,
                    base_model_name_or_path: Optional[str] = None) -> str:
   """Writes a directory that `peft.PeftModel.from_pretrained(t5, directory)` loads."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   state = peft_poly_state_dict(params, config)
   modules = sorted({k[len(PREFIX):].rsplit(".poly_", 1)[0] for k in state})
   peft_config = {
@@ -183,7 +183,6 @@ def load_peft_poly(directory: str, base_params=None) -> tuple[AdapterConfig, dic
       parameters are added to it (stacked per layer if it is scanned) and the
       whole tree is returned, else only the adapter parameters (unrolled).
   """
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   with open(os.path.join(directory, CONFIG_NAME)) as fh:
     pc = json.load(fh)
   if pc.get("peft_type") != "POLY" or pc.get("poly_type", "poly") != "poly":

@@ -49,6 +49,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 import flax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from mhr_jax import errors
 from mhr_jax.models.t5_config import T5Config
@@ -285,8 +287,6 @@ def params_to_hf_state_dict(params: Mapping[str, Any], config: T5Config, *,
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:
     return load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
@@ -297,7 +297,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top  (optional: only .bin checkpoints need it)
   except ImportError as e:
     raise ImportError(f"{path} is a PyTorch pickle; reading it needs torch, which is not "
                       "installed (convert the checkpoint to safetensors instead)") from e
@@ -405,7 +405,6 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: T5Config, directory: s
   Returns:
     `directory`.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f"{directory!r} exists; pass overwrite=True to replace it")

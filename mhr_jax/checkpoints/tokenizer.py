@@ -26,5 +26,6 @@ def load_tokenizer(directory: str):
     raise errors.MissingInputError(
         f"no tokenizer in {directory!r}: expected one of {list(TOKENIZER_FILES)}, found "
         f"{sorted(os.listdir(directory))} (save one with `tokenizer.save_pretrained(dir)`)")
+  # Deferred: transformers takes ~2-4 s to import and only HF-checkpoint runs need it.
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   return AutoTokenizer.from_pretrained(directory, local_files_only=True)

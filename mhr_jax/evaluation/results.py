@@ -23,7 +23,9 @@ def write_atomic(path: str, text: str) -> None:
 
 def save_figure_atomic(fig, path: str) -> str:
   """Saves a matplotlib figure as PNG via a temp file + rename, closes it; returns `path`."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (plotting is optional)
+  # Deferred: pyplot costs ~1-2 s of start-up, and stages that plot nothing (adapt,
+  # eval) import this module.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -17,6 +17,7 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.cluster import hierarchy
 
 from mhr_jax.evaluation.results import save_figure_atomic
 from mhr_jax.evaluation.routing_plot import save_routing_heatmap
@@ -44,7 +45,6 @@ def cluster_order(rows: np.ndarray) -> np.ndarray:
   """Row order of hierarchical clustering (average linkage, Euclidean) of [n, d] rows."""
   if len(rows) < 3:
     return np.arange(len(rows))
-  from scipy.cluster import hierarchy  # pylint: disable=g-import-not-at-top
   return hierarchy.leaves_list(hierarchy.linkage(rows, method="average"))
 
 
@@ -66,7 +66,7 @@ def save_routing_csv(probs: np.ndarray, path: str, task_names: Sequence[str]) ->
 def save_grouped_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str],
                          title: str = "Learned routing", max_rows: int = 150) -> str:
   """One row per task group (mean routing), clustered, at most `max_rows` groups."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names, means, sizes = group_routing(probs, task_names)

@@ -31,7 +31,7 @@ def routing_probabilities(params: Mapping) -> np.ndarray:
 def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str] = (),
                          title: str = "Learned routing") -> str:
   """Writes a PNG heatmap of `probs` [tasks, heads, skills]; returns the path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   n_tasks, n_heads, n_skills = probs.shape

@@ -26,7 +26,11 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from mhr_jax import param_tree
+from mhr_jax.adapters.routing import routing_weights
 from mhr_jax.evaluation.results import save_figure_atomic, write_atomic
+from mhr_jax.experiment.stages import load_multitask
+from tasks import synthetic
 
 
 def routing_rows(params: Mapping) -> np.ndarray:
@@ -35,8 +39,6 @@ def routing_rows(params: Mapping) -> np.ndarray:
   Modules scanned with a leading 'layers' axis count one module per layer.
   Raises ValueError when the tree holds no routing logits.
   """
-  from mhr_jax import param_tree  # pylint: disable=g-import-not-at-top
-  from mhr_jax.adapters.routing import routing_weights  # pylint: disable=g-import-not-at-top
   mats = []
   for path, value in sorted(param_tree.flatten(params).items()):
     if param_tree.is_routing_path(path):
@@ -130,7 +132,7 @@ def save_recovery_figure(truth: np.ndarray, rows: np.ndarray, path: str,
                          task_names: Sequence[str] = (), skill_names: Sequence[str] = (),
                          title: str = "Routing recovery") -> str:
   """PNG: ground truth (task x skill), true shared skills and learned similarity (task x task)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   truth = np.asarray(truth)
@@ -163,7 +165,6 @@ def save_recovery_figure(truth: np.ndarray, rows: np.ndarray, path: str,
 
 def ground_truth(task_names: Sequence[str]) -> Optional[tuple[np.ndarray, list[str]]]:
   """(truth [tasks, skills], skill names) when every task is a registered synthetic task."""
-  from tasks import synthetic  # pylint: disable=g-import-not-at-top
   truth, names, skills = synthetic.skill_matrix(synthetic.registered_spec())
   index = {n: i for i, n in enumerate(names)}
   if not task_names or any(t not in index for t in task_names):
@@ -179,7 +180,6 @@ def score_multitask_stage(stage_dir: str, *, n_permutations: int = 1000,
   Returns the score, or None when the checkpoint is not routed or its tasks
   have no ground truth (only the synthetic family has one).
   """
-  from mhr_jax.experiment.stages import load_multitask  # pylint: disable=g-import-not-at-top
   _, adapter, params, extra = load_multitask(stage_dir)
   if adapter is None or adapter.kind != "poly":
     return None

@@ -51,6 +51,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from jax.experimental import topologies
 
 from mhr_jax import partitioning
 from mhr_jax.adapters import methods
@@ -58,6 +59,7 @@ from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.batching import make_choice_batch
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import chips, stages
+from mhr_jax.experiment import data as stage_data
 from mhr_jax.experiment.config import DataConfig, MeshConfig
 from mhr_jax.experiment.model_setup import abstract_params, example_batch, param_shardings
 from mhr_jax.models import T5, T5Config
@@ -86,7 +88,6 @@ def abstract_devices(topology: str) -> list:
 
   v4 and v5p chips are one device each (megacore), as on a real slice.
   """
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     chips.chip_of_topology(topology)  # a clear error for an unknown chip
   except ValueError as e:
@@ -339,7 +340,6 @@ def resolve_model_config(model_size: Optional[str], multitask: dict) -> T5Config
 def _n_tasks(n_tasks: Optional[int], mixture: str) -> int:
   if n_tasks is not None:
     return int(n_tasks)
-  from mhr_jax.experiment import data as stage_data  # pylint: disable=g-import-not-at-top
   try:
     return len(stage_data.task_id_table(mixture))
   except Exception as e:  # pylint: disable=broad-except

@@ -17,7 +17,10 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+import tasks
 from mhr_jax.evaluation.batching import make_batch, make_choice_batch
+from tasks import t0_templates
+from tasks.fewshot import select_fewshot
 
 PROMPTS = ("handwritten", "promptsource")
 
@@ -25,16 +28,6 @@ PROMPTS = ("handwritten", "promptsource")
 def check_prompts(prompts: str) -> None:
   if prompts not in PROMPTS:
     raise ValueError(f"prompts={prompts!r} is not supported; valid choices: {list(PROMPTS)}")
-
-
-def _tasks():
-  import tasks  # pylint: disable=g-import-not-at-top  (imports TF; keep it lazy)
-  return tasks
-
-
-def _templates():
-  from tasks import t0_templates  # pylint: disable=g-import-not-at-top
-  return t0_templates
 
 
 def shots(task: str, k: int, k_by_task: Optional[Mapping[str, int]]) -> int:
@@ -46,14 +39,14 @@ def fewshot_pool(task: str, prompts: str) -> list[dict]:
   """The training examples the k shots are drawn from (raw HF-schema records for templates)."""
   check_prompts(prompts)
   if prompts == "promptsource":
-    return _templates().raw_records(task, "train")
-  return _tasks().registry.formatted_records(task, "train")
+    return t0_templates.raw_records(task, "train")
+  return tasks.registry.formatted_records(task, "train")
 
 
 def _prompted(task: str, examples: Sequence[Mapping], prompts: str,
               rng: np.random.Generator) -> list[Mapping]:
   if prompts == "promptsource":
-    return _templates().templated(task, examples, rng)
+    return t0_templates.templated(task, examples, rng)
   return list(examples)
 
 
@@ -67,7 +60,6 @@ def fewshot_batches(task: str, k: int, seed: int, batch_size: int, vocab, input_
   choices: choice batches (every answer choice, for the multiple-choice
   losses) instead of LM batches on the correct answer.
   """
-  from tasks.fewshot import select_fewshot  # pylint: disable=g-import-not-at-top
   pool = fewshot_pool(task, prompts)
   chosen = [pool[i] for i in select_fewshot(pool, k, seed, task=task, sampling=sampling,
                                             balanced="label" in pool[0])]
@@ -93,8 +85,8 @@ def eval_examples(task: str, split: str, max_examples: Optional[int], *, prompts
   """Evaluation examples of `task` (task id 0); with templates, one drawn per example by seed."""
   check_prompts(prompts)
   if prompts == "handwritten":
-    examples = _tasks().eval_examples(task, split, max_examples)
+    examples = tasks.eval_examples(task, split, max_examples)
   else:
-    raw = _templates().raw_records(task, split)[:max_examples]
-    examples = _templates().templated(task, raw, np.random.default_rng([int(seed), 2]))
+    raw = t0_templates.raw_records(task, split)[:max_examples]
+    examples = t0_templates.templated(task, raw, np.random.default_rng([int(seed), 2]))
   return [{**ex, "task_id": 0} for ex in examples]

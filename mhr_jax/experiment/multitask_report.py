@@ -17,6 +17,7 @@ import gin
 
 from mhr_jax.evaluation import routing_recovery
 from mhr_jax.evaluation.results import write_atomic
+from mhr_jax.experiment import stages
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ def multitask_report(output_dir: str, *, train_task_eval: bool = False,
     tasks have only 'train'); configs/experiments/synthetic.gin turns it on.
   recovery: score the routing against the family's ground truth, if any.
   """
-  from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
   numbers, lines = {}, []
   if train_task_eval:
     summary = stages.evaluate_checkpoint(output_dir)

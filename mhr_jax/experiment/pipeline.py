@@ -10,6 +10,7 @@ from typing import Sequence
 import gin
 
 from mhr_jax.adapters.methods import METHODS
+from mhr_jax.evaluation.intervals import format_interval, task_average_interval
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import compile as compile_stage  # registers compile_steps with gin
 from mhr_jax.experiment import stages
@@ -29,7 +30,6 @@ def _check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
 
 def comparison_table(summaries: dict[str, dict]) -> str:
   """Markdown: one row per adaptation method, one column per metric (task average ± 95 % CI)."""
-  from mhr_jax.evaluation.intervals import format_interval, task_average_interval  # pylint: disable=g-import-not-at-top
   metrics = sorted({m for s in summaries.values() for m in s.get("average", {})})
   lines = ["| method | " + " | ".join(f"{m} (95 % CI)" for m in metrics) + " |",
            "|---|" + "---|" * len(metrics)]

@@ -252,19 +252,21 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
         batches = stage_data.fewshot_batches(task, k_task, seed, data, vocab,
                                              sampling=fewshot_sampling)
       # Few-shot routing has one row: every example of the new task is task 0.
-      evals = []
+      evals = []  # best_of_evaluations: the scores every eval_every steps before the last
       on_step = None
       if selection == "best_of_evaluations":
         def on_step(s, step, _ev=evaluator, _ex=examples):
-          if step % eval_every == 0 or step == steps:
+          if step % eval_every == 0 and step < steps:
             evals.append(_ev.evaluate(s.params, _ex))
       state, _ = trainer.run(params, trainable, batches, seed=seed,
                              description=f"adapt/{method}/{task}/s{seed}", writer=writer,
                              log_every=log_every, show_progress=show_progress, on_step=on_step)
-      record = ({"task": task, "seed": int(seed), **evals[-1]} if evals else
-                _evaluate(evaluator, state.params, task, examples, stage_dir, seed))
-      for name in (evals[-1] if evals else ()):
-        record[f"{name}_best_of_evals_optimistic"] = max(e[name] for e in evals)
+      # The final step's scores, with its predictions saved, as in every stage.
+      record = _evaluate(evaluator, state.params, task, examples, stage_dir, seed)
+      if selection == "best_of_evaluations":
+        for name in [k for k in record if k not in ("task", "seed")]:
+          record[f"{name}_best_of_evals_optimistic"] = max([e[name] for e in evals] +
+                                                           [record[name]])
       records.append(record)
       log.info("%s: %s", method, record)
   title = f"{method}: {k}-shot on held-out tasks" + (

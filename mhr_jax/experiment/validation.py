@@ -17,7 +17,11 @@ from typing import Any, Callable, Sequence
 
 import gin
 
+import tasks
 from mhr_jax import errors
+from mhr_jax.adapters import methods
+from mhr_jax.experiment import stages
+from tasks.registry import UnknownNameError
 
 # (function name, argument) pairs that count things: positive integers.
 POSITIVE = {
@@ -62,8 +66,6 @@ def check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
 
 def _check_task_name(name: str, value: str, family: bool = False) -> None:
   """A task or mixture name (or, with family=True, a task family) that the registry knows."""
-  import tasks  # pylint: disable=g-import-not-at-top
-  from tasks.registry import UnknownNameError  # pylint: disable=g-import-not-at-top
   try:
     tasks.heldout_tasks(value) if family else tasks.task_id_table(value)
   except UnknownNameError as e:
@@ -71,7 +73,6 @@ def _check_task_name(name: str, value: str, family: bool = False) -> None:
 
 
 def _check_stage(fn: Callable, stage_methods: Sequence[str] = ()) -> None:
-  from mhr_jax.adapters import methods  # pylint: disable=g-import-not-at-top
   name = fn.__name__
   args = _effective(fn)
   for key in POSITIVE.get(name, ()):
@@ -122,7 +123,6 @@ def check_output_dir(output_dir: Any) -> str:
 def check_run(stage: str, output_dir: Any, adapt_methods: Sequence[str],
               zero_shot_methods: Sequence[str]) -> None:
   """Every check that needs no model: the stages' names and numbers, then output_dir."""
-  from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
   if stage in ("multitask", "pipeline"):
     _check_stage(stages.train_multitask)
   if stage == "adapt":

@@ -23,6 +23,8 @@ import json
 import logging
 from typing import Any, Mapping, Optional
 
+import gin
+
 from mhr_jax import errors
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,6 @@ def configured_overrides(extra: Mapping[str, Any]) -> list[str]:
   such binding as 'adapter_config.n_skills: checkpoint 8, configured 4'.
   Derived fields (n_tasks, vocab_size, Poly's single head) are not compared.
   """
-  import gin  # pylint: disable=g-import-not-at-top
   def bound(name):
     try:
       return True, gin.query_parameter(name)
