@@ -15,6 +15,7 @@ from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
+from mhr_jax.experiment import report
 from mhr_jax.experiment.model_setup import init_params, param_shardings
 from mhr_jax.models import T5, T5Config
 from mhr_jax.partitioning import Partitioner, make_mesh
@@ -92,3 +93,13 @@ def test_evaluator_checks_task_ids_on_the_host():
   assert set(scores) == {"exact_match", "rouge_l"}
   with pytest.raises(ValueError, match=r"task ids \[3\] are out of range.*n_tasks=3"):
     evaluator.evaluate(params, examples + [{"inputs": "c", "targets": ["d"], "task_id": 3}])
+
+
+def test_stage_average_line_names_its_spread():
+  """The stage's closing line prints std over seeds, labelled (the final table prints 95 % CIs)."""
+  records = [{"task": t, "seed": s, "exact_match": v}
+             for t, s, v in [("a", 0, 10.0), ("b", 0, 30.0), ("a", 1, 50.0), ("b", 1, 70.0)]]
+  line = report.average_line(aggregate(records))
+  # per-seed means 20 and 60: mean 40, population std 20
+  assert line == "exact_match 40.00 ± 20.00 (± std over 2 seeds)"
+  assert report.average_line({}) == ""

@@ -10,9 +10,17 @@ log = logging.getLogger(__name__)
 
 
 def average_line(summary: Optional[Mapping]) -> str:
-  """'accuracy 41.20 ± 1.10, exact_match ...' from a results summary's 'average' row."""
+  """'accuracy 41.20 ± 1.10, ... (± std over 3 seeds)' from a results summary's 'average' row.
+
+  The ± is the standard deviation of the per-seed means (not the 95 % interval the
+  pipeline's final table prints), and the line says so.
+  """
   avg = (summary or {}).get("average", {})
-  return ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in sorted(avg.items()))
+  if not avg:
+    return ""
+  n = max(v.get("n", 1) for v in avg.values())
+  line = ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in sorted(avg.items()))
+  return f"{line} (± std over {n} seed{'s' if n != 1 else ''})"
 
 
 def stage_summary(title: str, facts: Sequence[str], outputs: Mapping[str, str]) -> str:
