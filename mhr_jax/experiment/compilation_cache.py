@@ -43,5 +43,5 @@ def enable_compilation_cache(stage: str, directory: Optional[str] = DEFAULT_DIR,
   os.makedirs(directory, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
-  log.info("compiled steps are cached in %s", directory)
+  log.debug("compiled steps are cached in %s", directory)  # README says where; an error stays one line
   return directory
