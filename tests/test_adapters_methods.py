@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhr_jax import param_tree
+from mhr_jax import errors, param_tree
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.models import T5
@@ -104,9 +104,10 @@ def test_mean_routing_init_copies_the_mean_training_row():
 
 def test_adaptation_rejects_a_mismatched_checkpoint():
   mt_adapter, mt_params = _multitask("poly")  # one head
-  with pytest.raises(ValueError, match="'mhr_z' does not fit a checkpoint with n_heads=1"):
+  # The project's config errors: run.py prints them as one line (errors.MhrJaxError).
+  with pytest.raises(errors.ConfigError, match="'mhr_z' does not fit a checkpoint with n_heads=1"):
     methods.init_adaptation_params("mhr_z", mt_params, mt_adapter)
-  with pytest.raises(ValueError, match="n_heads > 1, got n_heads=1"):
+  with pytest.raises(errors.ConfigError, match="n_heads > 1, got n_heads=1"):
     methods.multitask_adapter_config("mhr", AdapterConfig(n_heads=1), n_tasks=4)
   assert methods.multitask_adapter_config("poly", AdapterConfig(n_heads=4), 7) == \
       AdapterConfig(n_heads=1, n_tasks=7)

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhr_jax import param_tree
+from mhr_jax import errors, param_tree
 from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.adapters.lora import lora_a_bound
 from mhr_jax.adapters.poly import mix_skills
@@ -124,11 +124,11 @@ class Method:
     if stage == "adapt":
       return self.adapt_trains
     if stage != "multitask":
-      raise ValueError(f"stage={stage!r} trains no parameters; stages that train: "
+      raise errors.ConfigError(f"stage={stage!r} trains no parameters; stages that train: "
                        "['multitask', 'adapt']")
     if self.multitask is None:
       with_stage = [n for n, m in METHODS.items() if m.multitask is not None]
-      raise ValueError(f"method {self.name!r} trains a fresh adapter per held-out task and has "
+      raise errors.ConfigError(f"method {self.name!r} trains a fresh adapter per held-out task and has "
                        f"no multi-task stage; multi-task methods: {with_stage}")
     return self.multitask_trains
 
@@ -159,7 +159,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 def _choice(kind: str, value, valid) -> None:
   if value not in valid:
-    raise ValueError(f"{kind}={value!r} is not supported; valid choices: {list(valid)}")
+    raise errors.ConfigError(f"{kind}={value!r} is not supported; valid choices: {list(valid)}")
 
 
 def get_method(name: str) -> Method:
@@ -221,7 +221,7 @@ def multitask_adapter_config(method: str, base: AdapterConfig, n_tasks: int
                         shared_routing=False, straight_through=False)
   n_heads = 1 if m.heads is Heads.ONE else base.n_heads
   if m.heads is Heads.MANY and n_heads < 2:
-    raise ValueError(f"method {method!r} is multi-head routing and needs n_heads > 1, got "
+    raise errors.ConfigError(f"method {method!r} is multi-head routing and needs n_heads > 1, got "
                      f"n_heads={n_heads}; set AdapterConfig.n_heads or use "
                      f"{method.replace('mhr', 'poly')!r}")
   return base.replace(kind="poly", n_heads=n_heads, n_tasks=n_tasks)
@@ -243,7 +243,7 @@ def add_fresh_adapters(backbone, config: AdapterConfig, rng: jax.Array) -> dict:
   ones); a leading scanned-layers axis gets independent draws per layer.
   """
   if config.kind not in ("lora", "ia3"):
-    raise ValueError(f"fresh adapters are built for kind 'lora' or 'ia3', got {config.kind!r}")
+    raise errors.ConfigError(f"fresh adapters are built for kind 'lora' or 'ia3', got {config.kind!r}")
   flat = param_tree.flatten(backbone)
   out = dict(flat)
   for i, (path, kernel) in enumerate(sorted(flat.items())):
@@ -281,7 +281,7 @@ def mu_params(multitask_params, config: AdapterConfig, average: str = "uniform"
   """
   _choice("mu_average", average, MU_AVERAGES)
   if config is None or config.kind != "poly":
-    raise ValueError("μ-averaging needs a Poly/MHR multi-task adapter (kind='poly'), got "
+    raise errors.ConfigError("μ-averaging needs a Poly/MHR multi-task adapter (kind='poly'), got "
                      f"{None if config is None else config.kind!r}")
   flat = param_tree.flatten(multitask_params)
   out = {k: v for k, v in flat.items() if param_tree.role_of(k) not in _ROUTED}
@@ -330,12 +330,12 @@ def new_routing_rows(multitask_params, n_new_tasks: int = 1, routing_init: str =
 
 def _check_routed(method: Method, config: Optional[AdapterConfig]) -> None:
   if config is None or config.kind != "poly":
-    raise ValueError(f"method {method.name!r} adapts a Poly/MHR multi-task checkpoint "
+    raise errors.ConfigError(f"method {method.name!r} adapts a Poly/MHR multi-task checkpoint "
                      f"(kind='poly'), got adapter kind "
                      f"{None if config is None else config.kind!r}")
   if (config.n_heads == 1) != (method.heads is Heads.ONE):
     family = "poly*" if config.n_heads == 1 else "mhr*"
-    raise ValueError(f"method {method.name!r} does not fit a checkpoint with "
+    raise errors.ConfigError(f"method {method.name!r} does not fit a checkpoint with "
                      f"n_heads={config.n_heads}; use a {family} method")
 
 
@@ -377,7 +377,7 @@ def init_adaptation_params(method: str, multitask_params, adapter_config: Option
     if (adapter_config is not None and adapter_config.kind == "poly"
         and adapter_config.n_skills == 1):
       return mu_params(multitask_params, adapter_config, "uniform")
-    raise ValueError("method 'shared_lora' adapts a multi-task checkpoint of one shared LoRA "
+    raise errors.ConfigError("method 'shared_lora' adapts a multi-task checkpoint of one shared LoRA "
                      "(kind='lora', or poly with n_skills=1), got adapter "
                      f"{None if adapter_config is None else adapter_config.kind!r}")
   backbone = strip_adapters(multitask_params)
