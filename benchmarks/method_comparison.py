@@ -221,15 +221,18 @@ def _from_units(group_dir: str, code: str, overrides: Sequence[str], adapt: Sequ
   with open(report, encoding="utf-8") as f:
     done = {"multitask": json.load(f)}
   done["summaries"] = {m: u["summary"] for m, u in units.items()}
-  done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
-  done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+  done["trainable"] = trainable_parameters(adapt, zero_shot, os.path.join(group_dir, "multitask"))
   done.update(wall_s=sum(u["wall_s"] for u in units.values()),
               cpu_s=sum(u["cpu_s"] for u in units.values()))
   return done
 
 
-def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, int]:
-  """{method: number of parameters it trains in adaptation} from the multi-task checkpoint."""
+def trainable_parameters(adapt: Sequence[str], zero_shot: Sequence[str],
+                         multitask_dir: str) -> dict[str, int]:
+  """{method: number of parameters it trains in adaptation} from the multi-task checkpoint.
+
+  A zero-shot row ('<m> zero-shot', m in `zero_shot`, also in `adapt`) counts as method m.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from mhr_jax.adapters import methods as methods_lib  # pylint: disable=g-import-not-at-top
   from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
@@ -239,6 +242,7 @@ def trainable_parameters(adapt: Sequence[str], multitask_dir: str) -> dict[str, 
     _, params = methods_lib.init_adaptation_params(m, mt_params, mt_adapter,
                                                    rng=jax.random.PRNGKey(0))
     counts[m] = methods_lib.count_parameters(params, methods_lib.trainable_predicate(m, "adapt"))
+  counts.update({f"{m} zero-shot": counts[m] for m in zero_shot})
   return counts
 
 
@@ -348,8 +352,8 @@ def main(argv: Sequence[str]) -> int:
       if os.path.exists(report):
         with open(report, encoding="utf-8") as f:
           done["multitask"] = json.load(f)
-      done["trainable"] = trainable_parameters(adapt, os.path.join(group_dir, "multitask"))
-      done["trainable"].update({f"{m} zero-shot": done["trainable"][m] for m in zero_shot})
+      done["trainable"] = trainable_parameters(adapt, zero_shot,
+                                               os.path.join(group_dir, "multitask"))
       done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
       _save_done(os.path.join(group_dir, "comparison.json"), key, done)
     summaries.update(done["summaries"])
