@@ -42,6 +42,9 @@ def test_results_markdown_orders_rows_and_reports_95_percent_intervals():
   assert "| a | 5.0 | 15.0 |" in text and "| b | 20.0 | 35.0 |" in text
   assert "Command: `python benchmarks/method_comparison.py`" in text and "Test CPU" in text
   assert "| mhr | mhr | 30 |" in text
+  one_run = mc.results_markdown({"mhr": _summary({"a": [10.0], "b": [30.0]})}, {"mhr": ["mhr"]},
+                                command="c", commit="c", machine={}, settings={}, wall_s={})
+  assert "| mhr | mhr | 20.00 (one run) | 21.00 (one run) | 1 |" in one_run  # not "± nan"
 
 
 def test_one_group_runs_and_writes_results(tmp_path):

@@ -39,4 +39,7 @@ def task_average_interval(summary: Mapping, metric: str = "exact_match",
 
 
 def format_interval(interval: Mapping) -> str:
+  """'mean ± half_width'; a score with no two seeds of any task has no interval to print."""
+  if np.isnan(interval["half_width"]):
+    return f"{interval['mean']:.2f} (one run)"
   return f"{interval['mean']:.2f} ± {interval['half_width']:.2f}"
