@@ -36,7 +36,6 @@ platforms.configure()  # JAX_PLATFORMS=cpu on a host without an accelerator (lib
 
 # Light modules only at the top: TensorFlow (under `tasks`) and jax load in main(),
 # after --help and argument errors, and with TF's native start-up lines silenced.
-import gin  # noqa: E402
 from mhr_jax import errors, gin_cli  # noqa: E402
 from mhr_jax.training import preemption  # noqa: E402
 
@@ -75,7 +74,6 @@ def main(argv: list[str], compilation_cache: bool = False) -> int:
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; the devices are JAX's
   # After TF, inside main (see the top); importing it registers the gin configurables.
   from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
-  from mhr_jax.experiment.compilation_cache import enable_compilation_cache  # pylint: disable=g-import-not-at-top
   # Only the project's own errors are one line (exit 2); anything else is a bug
   # and keeps its traceback. SIGTERM/SIGINT: finish the step, save, exit 143/130.
   with preemption.handle_signals():
@@ -85,9 +83,7 @@ def main(argv: list[str], compilation_cache: bool = False) -> int:
       if print_config:  # the configuration after every file and override; nothing runs
         print(gin_cli.config_text())
         return 0
-      if compilation_cache:
-        enable_compilation_cache(gin.get_bindings("run").get("stage", "pipeline"))
-      pipeline.run()
+      pipeline.run(compilation_cache=compilation_cache)
     except errors.MhrJaxError as e:
       print(f"run.py: error: {errors.one_line(e)}", file=sys.stderr)
       return e.exit_code

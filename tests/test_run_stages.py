@@ -164,3 +164,19 @@ def test_cli_errors_name_the_bad_value(argv, needle, capsys):
   err = capsys.readouterr().err
   assert needle in err
   assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_compilation_cache_is_for_every_stage_but_compile(tmp_path, monkeypatch):
+  """run.py's cache (compilation_cache=True) is never on while the compile stage times XLA."""
+  cache_on = []
+  monkeypatch.setattr(pipeline.validation, "check_run", lambda *a: None)  # (makes output_dir)
+  for d in ("c", "m1", "m2"):
+    os.makedirs(tmp_path / d)
+  monkeypatch.setattr(pipeline, "enable_compilation_cache", lambda: cache_on.append(True))
+  monkeypatch.setattr(pipeline.compile_stage, "compile_steps", lambda out: list(cache_on))
+  monkeypatch.setattr(pipeline.stages, "train_multitask", lambda out: list(cache_on))
+  assert pipeline.run(stage="compile", output_dir=str(tmp_path / "c"),
+                      compilation_cache=True) == []
+  assert pipeline.run(stage="multitask", output_dir=str(tmp_path / "m1")) == {"stage_dir": []}
+  assert pipeline.run(stage="multitask", output_dir=str(tmp_path / "m2"),
+                      compilation_cache=True) == {"stage_dir": [True]}

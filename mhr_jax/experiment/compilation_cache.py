@@ -6,8 +6,9 @@ XLA compilation dominates the time from `python run.py` to the first step on CPU
 executables on disk, keyed by the program, the compiler flags and the versions, so a
 rerun of the same configuration (a resume, the next seed, another stage of the same
 model) loads them instead. `run.py` turns it on for its own process only (tests that
-call `run.main` keep compiling), and never for the `compile` stage, whose report
-measures compile seconds.
+call `run.main` keep compiling) through `pipeline.run(compilation_cache=True)`,
+which never turns it on for the `compile` stage, whose report measures compile
+seconds.
 
 gin: `enable_compilation_cache.directory = None` turns it off; JAX's own
 `JAX_COMPILATION_CACHE_DIR`, when set, takes precedence.
@@ -28,16 +29,15 @@ DEFAULT_DIR = os.path.join("~", ".cache", "mhr_jax", "jax_compilation_cache")
 
 
 @gin.configurable
-def enable_compilation_cache(stage: str, directory: Optional[str] = DEFAULT_DIR,
+def enable_compilation_cache(directory: Optional[str] = DEFAULT_DIR,
                              min_compile_seconds: float = 1.0) -> Optional[str]:
   """Points JAX's persistent cache at `directory` (created); returns it, or None when off.
 
   Args:
-    stage: the run's stage; 'compile' never uses the cache (it reports compile times).
     directory: where executables are kept; None: no cache.
     min_compile_seconds: only programs that took at least this long are stored.
   """
-  if stage == "compile" or directory is None:
+  if directory is None:
     return None
   directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(directory)
   os.makedirs(directory, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from typing import Sequence
@@ -13,19 +12,10 @@ from mhr_jax.adapters.methods import METHODS
 from mhr_jax.evaluation.intervals import format_interval, task_average_interval
 from mhr_jax.evaluation.results import write_atomic
 from mhr_jax.experiment import compile as compile_stage  # registers compile_steps with gin
+from mhr_jax.experiment.compilation_cache import enable_compilation_cache
 from mhr_jax.experiment import stages
 from mhr_jax.experiment.multitask_report import multitask_report
 from mhr_jax.experiment import run_lock, validation
-
-
-StageError = stages.StageError
-
-
-def _check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
-  if value not in valid:
-    close = difflib.get_close_matches(value, valid, n=3)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise StageError(f"unknown {kind} {value!r}{hint}; valid choices: {list(valid)}")
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:
@@ -49,7 +39,8 @@ def _result_tables(output_dir: str, adapt_methods, zero_shot_methods) -> list[st
 def run(stage: str = "pipeline", output_dir: str = "results/default",
         adapt_methods: Sequence[str] = ("mhr",),
         zero_shot_methods: Sequence[str] = (),
-        baseline_methods: Sequence[str] = ()) -> dict:
+        baseline_methods: Sequence[str] = (),
+        compilation_cache: bool = False) -> dict:
   """Runs one stage (or the pipeline) and returns its summary.
 
   Args:
@@ -65,18 +56,24 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     baseline_methods: methods with a multi-task stage of their own (e.g.
       'shared_lora'), each pre-trained under `output_dir/<method>` and adapted
       by `pipeline` after the others, into the same table.
+    compilation_cache: keep compiled steps on disk (experiment/compilation_cache.py;
+      `run.py` passes True). Never for 'compile', whose report times the compiler.
   """
-  _check_choice("stage", stage, stages.STAGES)
+  validation.check_choice("stage", stage, stages.STAGES)
   for m in list(adapt_methods) + list(baseline_methods):
-    _check_choice("method", m, METHODS)
+    validation.check_choice("method", m, METHODS)
   for m in zero_shot_methods:
-    _check_choice("zero-shot method", m, stages.mu_methods())
+    validation.check_choice("zero-shot method", m, stages.mu_methods())
   # Names, numbers and output_dir, before any model is built; then one run per output_dir.
   validation.check_run(stage, output_dir, adapt_methods, zero_shot_methods)
   run_lock.hold(output_dir)
   # The configuration this run reads (every binding after all overrides), t5x style.
   write_atomic(os.path.join(output_dir, "config.gin"), gin.config_str())
   t0 = time.time()
+  if stage == "compile":
+    return compile_stage.compile_steps(output_dir)
+  if compilation_cache:
+    enable_compilation_cache()
   if stage == "multitask":
     return {"stage_dir": stages.train_multitask(output_dir)}
   if stage == "eval":
@@ -85,8 +82,6 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     return stages.adapt_heldout(output_dir)
   if stage == "zero_shot":
     return stages.mu_zero_shot(output_dir)
-  if stage == "compile":
-    return compile_stage.compile_steps(output_dir)
   stages.train_multitask(output_dir)
   _, multitask_lines = multitask_report(output_dir)
   summaries = {m: stages.adapt_heldout(output_dir, method=m) for m in adapt_methods}

@@ -58,10 +58,16 @@ def check_count(name: str, value: Any, minimum: int = 1, what: str = "") -> None
 
 
 def check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
+  """One line naming the bad value, the closest valid one and every valid choice.
+
+  The choices are listed in `valid`'s order (a list or tuple: e.g. the stages in
+  the order they run), sorted for any other collection (a dict's keys, a set).
+  """
   if value not in valid:
-    close = difflib.get_close_matches(str(value), list(valid), n=3)
+    choices = list(valid) if isinstance(valid, (list, tuple)) else sorted(valid)
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise errors.ConfigError(f"unknown {name} {value!r}{hint}; valid choices: {sorted(valid)}")
+    raise errors.ConfigError(f"unknown {name} {value!r}{hint}; valid choices: {choices}")
 
 
 def _check_task_name(name: str, value: str, family: bool = False) -> None:
@@ -85,7 +91,7 @@ def _check_stage(fn: Callable, stage_methods: Sequence[str] = ()) -> None:
       check_count(f"{name}.data.{key}", getattr(data, key))
   for method in [args.get("method")] + list(stage_methods):
     if method is not None:
-      check_choice(f"{name}.method", method, list(methods.METHODS))
+      check_choice(f"{name}.method", method, methods.METHODS)
   if name == "train_multitask":
     _check_task_name("train_multitask.mixture", args.get("mixture"))
   if name == "mu_zero_shot" and args.get("mixture"):
