@@ -11,7 +11,8 @@ $MHR_JAX_BIGBENCH_DIR). Two measurements, each in a fresh subprocess:
 * `first_step`: the real command, `python run.py --gin_file=configs/experiments/bigbench.gin`
   (multi-task stage, the progress bar at every step), until its bar shows step 1
   (command -> imports -> registration -> model init -> first batch -> compile -> step 1);
-  then the child is killed. Twice: `cold` with an empty JAX compilation cache (a first
+  then the child is killed. `until_training_starts` is the same three numbers when the
+  bar first shows 0/100 (everything built; step 1's batch, compile and run still ahead). Twice: `cold` with an empty JAX compilation cache (a first
   run), `warm` with the cache the cold run filled (every later run of the config;
   mhr_jax/experiment/compilation_cache.py).
 
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "bigbench_setup.json")
@@ -102,16 +104,21 @@ def _proc_peak_rss_gb(pid: int) -> float:
   return int(line.split()[1]) / 2**20
 
 
-def first_step(env: dict, out_dir: str, timeout_s: float = 1800) -> dict:
-  """Runs run.py until its progress bar reports step 1; wall, CPU and peak RSS then."""
+def first_step(env: dict, out_dir: str, overrides: Sequence[str] = (),
+               timeout_s: float = 1800) -> dict:
+  """Runs run.py until its progress bar reports step 1; wall, CPU and peak RSS then.
+
+  overrides: extra `--gin.NAME=VALUE` arguments of the command.
+  """
   cmd = [sys.executable, "run.py", f"--gin_file={GIN}", "--gin.run.stage='multitask'",
          f"--gin.run.output_dir='{out_dir}'", "--gin.train_multitask.steps=100",
          "--gin.train_multitask.log_every=1", "--gin.train_multitask.checkpoint_every=100",
-         "--gin.train_multitask.show_progress=True"]
+         "--gin.train_multitask.show_progress=True", *overrides]
   t = time.time()
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   seen, done = b"", re.compile(rb"\|\s*1/100 \[")
+  started, setup = re.compile(rb"\|\s*0/100 \["), None
   try:
     while not done.search(seen[-4000:]):
       chunk = os.read(proc.stdout.fileno(), 4096)
@@ -120,12 +127,18 @@ def first_step(env: dict, out_dir: str, timeout_s: float = 1800) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} ended (or timed out) before step 1 "
                            f"(exit {proc.returncode}):\n{seen[-3000:].decode(errors='replace')}")
       seen += chunk
+      if setup is None and started.search(seen[-4000:]):
+        # The bar at 0/100: model, train state and input pipeline are built; step 1
+        # (its batch, its compile, its run) is next.
+        setup = {"wall_s": round(time.time() - t, 1), "cpu_s": round(_proc_cpu_s(proc.pid), 1),
+                 "max_rss_gb": round(_proc_peak_rss_gb(proc.pid), 2)}
     wall, cpu, rss = time.time() - t, _proc_cpu_s(proc.pid), _proc_peak_rss_gb(proc.pid)
   finally:
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
     proc.wait()
   return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "max_rss_gb": round(rss, 2),
+          "until_training_starts": setup,
           "load_avg_1min": os.getloadavg()[0], "command": " ".join(cmd[1:])}
 
 
@@ -135,7 +148,11 @@ def main(argv=None) -> int:
   parser.add_argument("--skip_run", action="store_true", help="only the data measurement")
   parser.add_argument("--skip_data", action="store_true", help="only the run.py measurement")
   parser.add_argument("--out", default=RESULTS)
-  args = parser.parse_args(argv)
+  args, overrides = parser.parse_known_args(argv)
+  bad = [a for a in overrides if not a.startswith("--gin.")]
+  if bad:
+    parser.error(f"unrecognised argument(s) {bad}; gin overrides of the run.py command look "
+                 "like --gin.NAME=VALUE")
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              TF_CPP_MIN_LOG_LEVEL="2")
   if args.cache_dir:
@@ -145,7 +162,8 @@ def main(argv=None) -> int:
   batch = _gin_value("mhr_jax.DataConfig.batch_size")
   result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-            "load_avg_at_start": os.getloadavg()[0], "lengths": lengths, "batch": batch}
+            "load_avg_at_start": os.getloadavg()[0], "lengths": lengths, "batch": batch,
+            "overrides": overrides}
   if not args.skip_data:
     code = _DATA_CHILD.format(root=ROOT, lengths=lengths, batch=batch)
     data = _child([sys.executable, "-c", code], env)
@@ -156,7 +174,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
       env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tmp, "jax_cache")  # empty: a first run
       for name in ("cold", "warm"):
-        result[f"first_step_{name}"] = first_step(env, os.path.join(tmp, name))
+        result[f"first_step_{name}"] = first_step(env, os.path.join(tmp, name), overrides)
         print(f"first step ({name}):", json.dumps(result[f"first_step_{name}"], indent=1))
   result["load_avg_at_end"] = os.getloadavg()[0]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
