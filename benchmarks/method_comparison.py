@@ -92,20 +92,25 @@ def shots_plot(shots: Mapping[str, Mapping[int, Mapping]], path: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from mhr_jax.evaluation.intervals import task_average_interval  # pylint: disable=g-import-not-at-top
   from mhr_jax.evaluation.results import save_figure_atomic  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for method, by_k in shots.items():
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  colors = plt.get_cmap("tab20").colors
+  for n, (method, by_k) in enumerate(shots.items()):
     ks = sorted(by_k)
     iv = [task_average_interval(by_k[k], "exact_match") for k in ks]
-    ax.errorbar(ks, [i["mean"] for i in iv], yerr=[i["half_width"] for i in iv], marker="o",
-                capsize=3, label=method)
+    routed = method.startswith(("poly", "mhr"))  # solid: routed; dashed: the baselines
+    marker = "s" if method.endswith("_z") else "^" if method.endswith("_mu") else "o"
+    ax.errorbar(ks, [i["mean"] for i in iv], yerr=[i["half_width"] for i in iv], marker=marker,
+                capsize=3, label=method, color=colors[(2 * n) % 20 + (2 * n) // 20],
+                linestyle="-" if routed else "--")
   ax.set_xscale("log", base=2)
   ax.set_xticks(sorted({k for by_k in shots.values() for k in by_k}))
   ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.set_xlabel("shots (training examples of the held-out task)")
   ax.set_ylabel("held-out exact match (%)")
   ax.set_title("Synthetic benchmark: few-shot adaptation (95 % intervals)")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
   ax.grid(alpha=0.3)
+  fig.tight_layout()
   return save_figure_atomic(fig, path)
 
 
