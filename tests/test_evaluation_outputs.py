@@ -102,4 +102,6 @@ def test_stage_average_line_names_its_spread():
   line = report.average_line(aggregate(records))
   # per-seed means 20 and 60: mean 40, population std 20
   assert line == "exact_match 40.00 ± 20.00 (± std over 2 seeds)"
+  one = report.average_line(aggregate([r for r in records if r["seed"] == 0]))
+  assert one == "exact_match 20.00 (one seed)"  # no "± 0.00" for a single run
   assert report.average_line({}) == ""

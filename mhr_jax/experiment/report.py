@@ -19,8 +19,10 @@ def average_line(summary: Optional[Mapping]) -> str:
   if not avg:
     return ""
   n = max(v.get("n", 1) for v in avg.values())
+  if n == 1:  # one seed (a zero-shot or eval stage): no spread to print
+    return ", ".join(f"{k} {v['mean']:.2f}" for k, v in sorted(avg.items())) + " (one seed)"
   line = ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in sorted(avg.items()))
-  return f"{line} (± std over {n} seed{'s' if n != 1 else ''})"
+  return f"{line} (± std over {n} seeds)"
 
 
 def stage_summary(title: str, facts: Sequence[str], outputs: Mapping[str, str]) -> str:
