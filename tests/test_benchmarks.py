@@ -27,16 +27,16 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_routing_cost_quick(tmp_path):
-  # Each variant is two compilations (~10-30 CPU-s each): run the four the checks below need.
-  wanted = ["lora", "mhr8", "tasks10", "sparse_tasks10000"]
+  # Each variant is two compilations (~10-30 CPU-s each): run the two of one check (the
+  # sparse routing update's; mhr8_over_lora is computed by the same code).
+  wanted = ["tasks10", "sparse_tasks10000"]
   out = _run("routing_cost.py", "--quick", "--rounds", "1", "--steps", "1",
              "--variants", ",".join(wanted), "--out", str(tmp_path / "rc.json"))
   data = json.loads((tmp_path / "rc_quick.json").read_text())
   med = data["median_step_s"]
   assert sorted(med) == sorted(wanted)
   checks = data["checks"]
-  assert sorted(checks) == ["mhr8_over_lora", "sparse_tasks10000_over_tasks10"]
-  assert checks["mhr8_over_lora"]["value"] == pytest.approx(med["mhr8"] / med["lora"])
+  assert sorted(checks) == ["sparse_tasks10000_over_tasks10"]
   assert checks["sparse_tasks10000_over_tasks10"]["value"] == pytest.approx(
       med["sparse_tasks10000"] / med["tasks10"])
   assert all(c["met"] == (c["value"] <= c["target"]) for c in checks.values())

@@ -45,6 +45,8 @@ SMALL = [
 # One adaptation method (MHR) keeps it cheap: the other methods share its code paths.
 T0_EXTRA = ["adapt_heldout.selection = 'best_of_evaluations'", "adapt_heldout.eval_every = 1",
             "run.adapt_methods = ['mhr']", "run.zero_shot_methods = []"]
+# SNI: MHR only too (t5xl_sni.gin also adapts mhr_mu: test_run_stages runs that method).
+SNI_EXTRA = ["run.adapt_methods = ['mhr']"]
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, c
                 SMALL + [f"HF_CHECKPOINT = '{checkpoint}'", f"run.output_dir = '{out}'",
                          f"adapt_heldout.tasks = ['{heldout}']",
                          f"mu_zero_shot.tasks = ['{heldout}']"]
-                + (T0_EXTRA if config == "t0_3b.gin" else []), [CONFIGS, ROOT])
+                + (T0_EXTRA if config == "t0_3b.gin" else SNI_EXTRA), [CONFIGS, ROOT])
   methods = gin.query_parameter("run.adapt_methods")
   zero_shot = gin.query_parameter("run.zero_shot_methods") if config == "t0_3b.gin" else []
   summaries = pipeline.run()
