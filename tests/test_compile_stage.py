@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mhr_jax import gin_cli
+from mhr_jax import errors, gin_cli
 from mhr_jax.experiment import compile as compile_stage
-from mhr_jax.experiment import pipeline  # registers the gin configurables
+from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
 from mhr_jax.experiment.model_setup import abstract_params
 from mhr_jax.models import T5
 from tests.utils import tiny_config
@@ -63,6 +63,24 @@ def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
   # The new state comes back in the layout it went in: step 2 reuses step 1.
   assert step["resharded_outputs"] == 0, step["resharded_examples"]
   assert step["argument_bytes"] >= step["params_bytes_per_chip"]
+
+
+def test_a_batch_that_does_not_split_over_the_mesh_is_one_line(tmp_path):
+  pytest.importorskip("libtpu", reason="the compile stage needs libtpu (jax[tpu])")
+  # t0_3b.gin's adapt batch (8) on v5e-16 data-only was a jax IndivisibleError traceback.
+  gin_cli.parse([os.path.join(ROOT, "configs", "default.gin")], [
+      "run.stage = 'compile'", f"run.output_dir = '{tmp_path}'",
+      "mhr_jax.MeshConfig.topology = 'v5e:2x2'", "mhr_jax.MeshConfig.data = 4",
+      "mhr_jax.DataConfig.batch_size = 2", "mhr_jax.AdapterConfig.target_modules = 'qv'",
+      "compile_steps.steps = ['adapt_train']", "compile_steps.correct_flops = False",
+  ], SEARCH)
+  with pytest.raises(stages.StageError) as e:
+    pipeline.run()
+  message = errors.one_line(e.value)  # as run.py prints it (gin's call-site lines dropped)
+  assert message.startswith("step adapt_train cannot be laid out on v5e:2x2 with mesh "
+                            "{'data': 4, 'model': 1}: an input of shape (2, ")
+  assert "has 2 rows for 4 shards; make that batch size a multiple of 4" in message
+  assert "\n" not in message
 
 
 def _forward_flops(config) -> tuple[float, types.SimpleNamespace]:

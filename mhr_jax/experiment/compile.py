@@ -239,6 +239,17 @@ def _resharded(compiled, built: BuiltStep) -> list[str]:
   return bad
 
 
+def _indivisible(message: str) -> str:
+  """jax's IndivisibleError as one line: which shape, how many shards, what to change."""
+  shape = re.search(r"full shape: (\([^)]*\))", message)
+  parts = re.search(r"partitioned (\d+) times, but the dimension size is (\d+)", message)
+  if not (shape and parts):
+    return message.strip().splitlines()[0]
+  return (f"an input of shape {shape.group(1)} has {parts.group(2)} rows for {parts.group(1)} "
+          f"shards; make that batch size a multiple of {parts.group(1)} (DataConfig), or "
+          "use fewer data shards (MeshConfig.data / model)")
+
+
 def compile_one(built: BuiltStep) -> dict:
   """Lowers and compiles one step; returns its per-chip memory, FLOPs and timings."""
   t0 = time.time()
@@ -453,7 +464,13 @@ def compile_steps(output_dir: str, *, topology: Optional[str] = None,
 
   for name in steps:
     log.info("compile: %s for %s mesh %s", name, topology, mesh_shape)
-    result = compile_one(builders[name](config))
+    try:
+      result = compile_one(builders[name](config))
+    except ValueError as e:
+      if type(e).__name__ != "IndivisibleError":  # jax's: an array does not split over the mesh
+        raise
+      raise stages.StageError(f"step {name} cannot be laid out on {topology} with mesh "
+                              f"{mesh_shape}: {_indivisible(str(e))}") from None
     if result.get("fits", True):
       result["fits"] = result["total_bytes"] <= chip.hbm_bytes
       result["flops_per_chip"] = result["flops_per_chip_raw"]
