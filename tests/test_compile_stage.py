@@ -37,16 +37,20 @@ def clean_gin():
   gin.clear_config()
 
 
-def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
+def _compile_on_v5e_2x2(tmp_path, *bindings: str) -> None:
+  """The embedded default (tiny T5, MHR over 24 synthetic tasks) set up for the compile
+  stage on v5e:2x2; q/v adapters keep the TPU compile short (all_linear: 3x the time)."""
   pytest.importorskip("libtpu", reason="the compile stage needs libtpu (jax[tpu])")
-  # The embedded default (tiny T5, MHR over 24 synthetic tasks); scanned
-  # layers and q/v adapters keep the TPU compile short (all_linear: 3x the time).
   gin_cli.parse([os.path.join(ROOT, "configs", "default.gin")], [
       "run.stage = 'compile'", f"run.output_dir = '{tmp_path}'",
-      "mhr_jax.MeshConfig.topology = 'v5e:2x2'", "mhr_jax.MeshConfig.model = 2",
-      "mhr_jax.T5Config.scan_layers = True", "mhr_jax.AdapterConfig.target_modules = 'qv'",
-      "compile_steps.steps = ['multitask_train']", "compile_steps.correct_flops = False",
-  ], SEARCH)
+      "mhr_jax.MeshConfig.topology = 'v5e:2x2'", "mhr_jax.AdapterConfig.target_modules = 'qv'",
+      "compile_steps.correct_flops = False", *bindings], SEARCH)
+
+
+def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
+  _compile_on_v5e_2x2(tmp_path, "mhr_jax.MeshConfig.model = 2",
+                      "mhr_jax.T5Config.scan_layers = True",
+                      "compile_steps.steps = ['multitask_train']")
   report = pipeline.run()
   with open(tmp_path / "compile" / "compile_report.json") as f:
     assert json.load(f) == json.loads(json.dumps(report))
@@ -66,14 +70,9 @@ def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
 
 
 def test_a_batch_that_does_not_split_over_the_mesh_is_one_line(tmp_path):
-  pytest.importorskip("libtpu", reason="the compile stage needs libtpu (jax[tpu])")
   # t0_3b.gin's adapt batch (8) on v5e-16 data-only was a jax IndivisibleError traceback.
-  gin_cli.parse([os.path.join(ROOT, "configs", "default.gin")], [
-      "run.stage = 'compile'", f"run.output_dir = '{tmp_path}'",
-      "mhr_jax.MeshConfig.topology = 'v5e:2x2'", "mhr_jax.MeshConfig.data = 4",
-      "mhr_jax.DataConfig.batch_size = 2", "mhr_jax.AdapterConfig.target_modules = 'qv'",
-      "compile_steps.steps = ['adapt_train']", "compile_steps.correct_flops = False",
-  ], SEARCH)
+  _compile_on_v5e_2x2(tmp_path, "mhr_jax.MeshConfig.data = 4", "mhr_jax.DataConfig.batch_size = 2",
+                      "compile_steps.steps = ['adapt_train']")
   with pytest.raises(stages.StageError) as e:
     pipeline.run()
   message = errors.one_line(e.value)  # as run.py prints it (gin's call-site lines dropped)
