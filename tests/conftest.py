@@ -10,9 +10,20 @@ Fixtures and helpers shared by several test modules are in tests/utils.py
 (torch references in hf_reference.py, task data stand-ins in task_fixtures.py).
 """
 
+import os
+import tempfile
+
 import pytest
 
-from tasks import registry
+# Hermetic: never the user's prepared datasets. `import tasks` registers whatever is
+# under ~/.cache/mhr_jax (a prepared BIG-bench adds 1,001 tasks), so the data
+# directories point at a path that does not exist, before the first import of
+# `tasks`; tests that want data set these variables to fixtures themselves.
+_NO_DATA = os.path.join(tempfile.gettempdir(), "mhr_jax_tests_have_no_data")
+for _name in ("MHR_JAX_BIGBENCH_DIR", "MHR_JAX_P3_DIR", "MHR_JAX_NI_DIR"):
+  os.environ[_name] = os.path.join(_NO_DATA, _name.lower())
+
+from tasks import registry  # noqa: E402  (after the variables above)
 
 
 @pytest.fixture(autouse=True)
