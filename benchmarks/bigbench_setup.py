@@ -12,8 +12,9 @@ $MHR_JAX_BIGBENCH_DIR). Two measurements, each in a fresh subprocess:
   (multi-task stage, the progress bar at every step), until its bar shows step 1
   (command -> imports -> registration -> model init -> first batch -> compile -> step 1);
   then the child is killed. `until_training_starts` is the same three numbers when the
-  bar first shows 0/100 (everything built; step 1's batch, compile and run still ahead). Twice: `cold` with an empty JAX compilation cache (a first
-  run), `warm` with the cache the cold run filled (every later run of the config;
+  bar first shows 0/100 (everything built; step 1's batch, compile and run still
+  ahead). Twice: `cold` with an empty JAX compilation cache (a first run), `warm`
+  with the cache the cold run filled (every later run of the config;
   mhr_jax/experiment/compilation_cache.py).
 
 Reported for each: wall seconds, CPU seconds (user + sys; the machine may be shared, so
