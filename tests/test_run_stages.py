@@ -15,6 +15,7 @@ import run as run_cli
 from mhr_jax import gin_cli
 from mhr_jax.adapters.methods import METHODS, Heads
 from mhr_jax.experiment import pipeline, stages  # registers the gin configurables
+from mhr_jax.experiment.tensorboard import read_scalars
 from mhr_jax.training.trainer import Trainer
 from tests.utils import MICRO, record_evaluations
 
@@ -92,6 +93,14 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
     init(self, model, optimizer_config, *args, **kwargs)
 
   monkeypatch.setattr(Trainer, "__init__", recording_init)
+  restored = []  # the directory of every Orbax restore
+  restore = stages.orbax_store.CheckpointStore.restore
+
+  def recording_restore(self, *args, **kwargs):
+    restored.append(os.path.realpath(self.directory))
+    return restore(self, *args, **kwargs)
+
+  monkeypatch.setattr(stages.orbax_store.CheckpointStore, "restore", recording_restore)
   evaluations = record_evaluations(monkeypatch)
   files = GROUPS[multitask_method]
   names = [os.path.basename(p)[:-4] for p in files]
@@ -103,6 +112,8 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
                          f"run.zero_shot_methods = {zero_shot!r}"], SEARCH)
   summaries = pipeline.run()
   assert sorted(summaries) == sorted(names + [f"{m} zero-shot" for m in zero_shot])
+  # One restore of the multi-task checkpoint serves the report and every method's stage.
+  assert restored == [os.path.realpath(os.path.join(out, "multitask", "checkpoints"))]
   for method in zero_shot:
     stage_dir = os.path.join(out, f"zero_shot_{method}")
     with open(os.path.join(stage_dir, "train_history.json")) as f:
@@ -129,7 +140,15 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
   with open(os.path.join(out, "summary.md")) as f:
     summary = f.read()
   assert all(f"| {m} |" in summary for m in names)
-  assert os.listdir(os.path.join(out, "multitask", "tensorboard"))
+  # TensorBoard holds every logged metric at every logged step, as train_history.json.
+  scalars = read_scalars(os.path.join(out, "multitask", "tensorboard"))
+  with open(os.path.join(out, "multitask", "train_history.json")) as f:
+    history = json.load(f)
+  assert [step for step, _ in scalars[f"multitask/{multitask_method}/loss"]] == [1, 2, 3]
+  assert [h["step"] for h in history] == [1, 2, 3]  # MICRO: 3 steps, logged at each
+  for name in ("loss", "grad_norm", "learning_rate", "tokens_per_s"):
+    assert [v for _, v in scalars[f"multitask/{multitask_method}/{name}"]] == pytest.approx(
+        [h[name] for h in history], rel=1e-6)
   routed = multitask_method in ("poly", "mhr")
   assert os.path.exists(os.path.join(out, "multitask", "routing.png")) == routed
   # The summary reports the training tasks and, for routed methods, routing recovery.
@@ -141,6 +160,7 @@ def test_method_configs_run_few_steps(multitask_method, tmp_path, monkeypatch):
       gin.bind_parameter("evaluate_checkpoint.max_eval_examples", 2)
     evaluated = pipeline.run(stage="eval", output_dir=out)
     assert len(evaluated) == 24 + 1  # every training task + the average row
+    assert len(restored) == 2  # a run of its own reads the checkpoint again
     assert os.path.exists(os.path.join(out, "eval", "results.md"))
 
 

@@ -74,6 +74,11 @@ def run(stage: str = "pipeline", output_dir: str = "results/default",
     return compile_stage.compile_steps(output_dir)
   if compilation_cache:
     enable_compilation_cache()
+  with stages.restoring_once():
+    return _run_stage(stage, output_dir, adapt_methods, zero_shot_methods, baseline_methods, t0)
+
+
+def _run_stage(stage, output_dir, adapt_methods, zero_shot_methods, baseline_methods, t0):
   if stage == "multitask":
     return {"stage_dir": stages.train_multitask(output_dir)}
   if stage == "eval":

@@ -9,6 +9,8 @@ scores, and `save_results` for the tables.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -18,7 +20,6 @@ from typing import Optional, Sequence
 
 import gin
 import jax
-from tensorboardX import SummaryWriter
 
 from mhr_jax import errors
 from mhr_jax.adapters import methods
@@ -35,6 +36,7 @@ from mhr_jax.experiment import fewshot_prompts
 from mhr_jax.experiment import report
 from mhr_jax.experiment.config import DataConfig, MeshConfig
 from mhr_jax.experiment.model_setup import fill_from, init_params, param_shardings, place_params
+from mhr_jax.experiment.tensorboard import ScalarWriter
 from mhr_jax.models import T5, T5Config
 from mhr_jax.partitioning import Partitioner
 from mhr_jax.training.multiple_choice import MultipleChoiceLoss
@@ -133,7 +135,7 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   t_start = time.time()
   state, history = trainer.run(params, trainable, batches, seed=seed,
                                description=f"multitask/{method}",
-                               writer=SummaryWriter(os.path.join(stage_dir, "tensorboard")),
+                               writer=ScalarWriter(os.path.join(stage_dir, "tensorboard")),
                                store=store, extra=extra, log_every=log_every,
                                show_progress=show_progress)
   write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
@@ -152,18 +154,47 @@ def train_multitask(output_dir: str, *, method: str = "mhr", mixture: str = "syn
   return stage_dir
 
 
+# {checkpoint directory: (step, params, extra)} while `restoring_once()` is active.
+_RESTORED: Optional[dict] = None
+
+
+@contextlib.contextmanager
+def restoring_once():
+  """Within it, `load_multitask` reads each multi-task checkpoint once.
+
+  `pipeline.run` holds it for one run, whose checkpoint is written before it is
+  first read and never changes after: the routing report, each adaptation
+  method, each μ zero-shot run and the eval stage then share one restore (an
+  Orbax restore of even the tiny model costs ~1.5 s). The arrays are shared,
+  as the adapt stage already shares them across its tasks and seeds; the
+  containers and `extra` are fresh copies on every call.
+  """
+  global _RESTORED
+  outer, _RESTORED = _RESTORED, ({} if _RESTORED is None else _RESTORED)
+  try:
+    yield
+  finally:
+    _RESTORED = outer
+
+
 def load_multitask(stage_dir: str):
   """Restores (model_config, adapter_config, params, extra) from a multi-task stage dir."""
   ckpt_dir = os.path.join(stage_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise errors.MissingInputError(f"no multi-task checkpoint under {stage_dir!r} "
                                    f"(expected {ckpt_dir}); run the 'multitask' stage first")
-  store = orbax_store.CheckpointStore(ckpt_dir)
-  state, extra = store.restore()
-  report_saved_checkpoint(stage_dir, int(state["step"]), extra)
+  key = os.path.realpath(ckpt_dir)
+  if _RESTORED is not None and key in _RESTORED:
+    step, params, extra = _RESTORED[key]
+  else:
+    state, extra = orbax_store.CheckpointStore(ckpt_dir).restore()
+    step, params = int(state["step"]), saved_params(state)
+    if _RESTORED is not None:
+      _RESTORED[key] = (step, params, extra)
+  report_saved_checkpoint(stage_dir, step, extra)
   model_config = T5Config(**extra["model_config"])
   adapter = AdapterConfig(**extra["adapter_config"]) if extra.get("adapter_config") else None
-  return model_config, adapter, saved_params(state), extra
+  return model_config, adapter, jax.tree.map(lambda x: x, params), copy.deepcopy(extra)
 
 
 @gin.configurable(denylist=["output_dir"])
@@ -223,7 +254,7 @@ def adapt_heldout(output_dir: str, *, method: str = "mhr", multitask_dir: Option
   vocab = stage_data.vocabulary(data, extra.get("hf_checkpoint"))
   heldout = list(tasks) if tasks else stage_data.heldout_tasks(family)
   partitioner = mesh.build()
-  writer = SummaryWriter(os.path.join(stage_dir, "tensorboard"))
+  writer = ScalarWriter(os.path.join(stage_dir, "tensorboard"))
   trainable = methods.trainable_predicate(method, stage="adapt")
   model = trainer = evaluator = None
   records = []
@@ -335,7 +366,7 @@ def mu_zero_shot(output_dir: str, *, method: str = "mhr_mu", multitask_dir: Opti
     batches = stage_data.train_batches(mixture, data, vocab, seed=seed)
     state, history = trainer.run(params, methods.trainable_predicate(method), batches,
                                  seed=seed, description=f"zero_shot/{method}",
-                                 writer=SummaryWriter(os.path.join(stage_dir, "tensorboard")),
+                                 writer=ScalarWriter(os.path.join(stage_dir, "tensorboard")),
                                  log_every=log_every, show_progress=show_progress)
     write_atomic(os.path.join(stage_dir, "train_history.json"), json.dumps(history))
     params = state.params

@@ -70,7 +70,8 @@ def train_loop(state: TrainState, train_step: Callable, batches: Iterator[Mappin
     batches: host batches (dicts of numpy arrays), already positioned at `state.step`.
     num_steps: total number of steps (not the number still to run).
     put_batch: places a host batch on devices (e.g. sharded over the mesh).
-    writer: a TensorBoard SummaryWriter-like object (`add_scalar`), or None.
+    writer: `add_scalar(tag, value, step)` and `flush()` (experiment/tensorboard.py's
+      ScalarWriter), or None.
     log_every: host sync / logging interval in steps.
     checkpoint_fn: called as checkpoint_fn(state, step, force=...) when a
       checkpoint is due. If it has a `due(step) -> bool` method, only then
@@ -130,4 +131,6 @@ def train_loop(state: TrainState, train_step: Callable, batches: Iterator[Mappin
                                      description=description)
   finally:
     bar.close()
+    if writer is not None:
+      writer.flush()  # on disk when a run ends, a preempted or failed one too
   return state, history
