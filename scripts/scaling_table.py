@@ -2,7 +2,7 @@
 """Runs the `compile` stage over slices x meshes, one at a time, and tabulates the results.
 
   python scripts/scaling_table.py run  benchmarks/results/scaling.json 3b:v5e:2x4:2x4 11b:v5e:4x4:4x4
-  python scripts/scaling_table.py table benchmarks/results/scaling.json > table.md
+  python scripts/scaling_table.py table benchmarks/results/scaling.json [benchmarks/results/resident.json] > table.md
   python scripts/scaling_table.py resident results/resident.json 3b:v5e:2x4:8x1:f32 ...
 
 A case is `size:topology:data x model`, size 3b | 11b (configs/experiments/
@@ -17,7 +17,8 @@ finished cases are kept in the JSON, so the script resumes. `table` prints the
 measured steps and the model x slice x mesh x step grid ("not compiled" where
 no compile ran).
 `resident` computes, without compiling, the per-chip bytes of the train steps'
-arguments (parameters, optimizer state, batch) from their shardings.
+arguments (parameters, optimizer state, batch) from their shardings; given to
+`table`, they mark the grid cells whose arguments alone exceed the chip's HBM.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"3b": "t0_3b", "11b": "t0pp_11b"}
@@ -121,9 +123,34 @@ def _measured(results: dict) -> dict:
   return out
 
 
-def cmd_table(path: str) -> None:
-  """Markdown: the measured steps (per-chip GiB), then the size x slice x mesh x step grid."""
+def _state_beyond_hbm(resident: dict, size: str, topo: str, mesh: str, name: str):
+  """Per-chip GiB of a step's arguments when they alone exceed the chip's HBM, else None.
+
+  The arguments are part of a step's total, so this proves "does not fit" without a
+  compile: train steps from `resident`'s state + batch bytes, `score` from the
+  parameter bytes of the adapt step, else of the multi-task step (the same frozen
+  backbone; the scoring step's arguments include them).
+  """
+  entry = resident.get(f"{size}:{topo}:{mesh}", {})
+  if name == "score":
+    nbytes = (entry.get("adapt_train", {}).get("params_bytes_per_chip") or
+              entry.get("multitask_train", {}).get("params_bytes_per_chip"))
+  else:
+    nbytes = entry.get(name, {}).get("state_and_batch_bytes_per_chip")
+  sys.path.insert(0, ROOT)
+  from mhr_jax.experiment.chips import chip_of_topology  # pylint: disable=g-import-not-at-top
+  hbm = chip_of_topology(topo).hbm_bytes
+  return None if nbytes is None or nbytes <= hbm else (nbytes / GiB, hbm / GiB)
+
+
+def cmd_table(path: str, resident_path: Optional[str] = None) -> None:
+  """Markdown: the measured steps (per-chip GiB), then the size x slice x mesh x step grid.
+
+  With `resident_path` (written by `resident`), a cell that was not compiled but
+  whose arguments alone exceed the chip's HBM reads "does not fit (arguments ...)".
+  """
   results = json.load(open(path))
+  resident = json.load(open(resident_path)) if resident_path else {}
   g = lambda b: f"{b / GiB:.2f}"
   print("| model | slice | data x model | step | args | output | alias | temp | total GiB/chip "
         "| fits | lower s | compile s (wall) | process CPU s | peak RSS GiB |")
@@ -153,7 +180,14 @@ def cmd_table(path: str) -> None:
         cells = []
         for name in GRID_STEPS:
           hit = measured.get((size, topo, mesh, name))
-          if hit is None:
+          beyond = _state_beyond_hbm(resident, size, topo, mesh, name) if hit is None else None
+          unplaced = resident.get(f"{size}:{topo}:{mesh}", {}).get(name, {}).get("layout_error")
+          if hit is None and unplaced:
+            cells.append("**cannot be laid out**: its batch does not split over the data shards")
+          elif beyond is not None:
+            cells.append(f"**does not fit**: arguments alone {beyond[0]:.2f} GiB > "
+                         f"{beyond[1]:.0f} (not compiled)")
+          elif hit is None:
             cells.append("not compiled")
           else:
             s = hit[0]
@@ -195,19 +229,26 @@ def cmd_resident(path: str, cases: list[str]) -> None:
     out[case] = {}
     for name, stage, cfg, adapter in (("multitask_train", mt, "multitask", mt_adapter),
                                       ("adapt_train", ad, "adapt", ad_adapter)):
-      built = compile_stage.build_train_step(
-          T5(config, adapter=adapter), stage["method"], cfg, stage["optimizer"], stage["steps"],
-          False, example_batch(stage["data"].batch_size, stage["data"].input_length,
-                               stage["data"].target_length),
-          partitioner, single_task=cfg == "adapt")
-      args = jax.tree.leaves(built.args)
+      try:
+        built = compile_stage.build_train_step(
+            T5(config, adapter=adapter), stage["method"], cfg, stage["optimizer"], stage["steps"],
+            False, example_batch(stage["data"].batch_size, stage["data"].input_length,
+                                 stage["data"].target_length),
+            partitioner, single_task=cfg == "adapt")
+        args = jax.tree.leaves(built.args)
+        for a in args:
+          a.sharding.shard_shape(a.shape)
+      except ValueError as e:  # e.g. a batch that cannot split over the data shards
+        out[case][name] = {"layout_error": str(e).splitlines()[0][:300]}
+        print(case, name, "cannot be laid out:", out[case][name]["layout_error"], flush=True)
+        continue
       out[case][name] = {
           "state_and_batch_bytes_per_chip": sum(
               int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
               for a in args),
           **compile_stage._param_bytes(built.params_abstract, built.params_shardings)}  # pylint: disable=protected-access
     print(case, {k: round(v["state_and_batch_bytes_per_chip"] / GiB, 2)
-                 for k, v in out[case].items()}, flush=True)
+                 for k, v in out[case].items() if "layout_error" not in v}, flush=True)
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
 
@@ -221,4 +262,4 @@ if __name__ == "__main__":
   elif sys.argv[1] == "resident":
     cmd_resident(sys.argv[2], sys.argv[3:])
   else:
-    cmd_table(sys.argv[2])
+    cmd_table(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
