@@ -104,4 +104,8 @@ def test_stage_average_line_names_its_spread():
   assert line == "exact_match 40.00 ± 20.00 (± std over 2 seeds)"
   one = report.average_line(aggregate([r for r in records if r["seed"] == 0]))
   assert one == "exact_match 20.00 (one seed)"  # no "± 0.00" for a single run
+  # results.md's table likewise: 'mean ± std' over seeds, the bare value for one seed.
+  assert "| a | 30.00 ± 20.00 |" in markdown_table(aggregate(records))
+  table = markdown_table(aggregate([r for r in records if r["seed"] == 0]))
+  assert "| a | 10.00 |" in table and "| **average** | 20.00 |" in table and "±" not in table
   assert report.average_line({}) == ""

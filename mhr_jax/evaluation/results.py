@@ -68,7 +68,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[
 
 def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
                    title: str = "") -> str:
-  """A Markdown table: one row per task, one column per metric, 'mean ± std'."""
+  """A Markdown table: one row per task, one column per metric, 'mean ± std' ('value' of one seed)."""
   metrics = sorted({k for ms in summary.values() for k in ms})
   lines = [f"### {title}", ""] if title else []
   lines.append("| task | " + " | ".join(metrics) + " |")
@@ -76,7 +76,9 @@ def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
   for task, ms in summary.items():
     cells = []
     for k in metrics:
-      if k in ms:
+      if k in ms and ms[k].get("n", 2) == 1:  # one seed: no spread to show
+        cells.append(f"{ms[k]['mean']:.2f}")
+      elif k in ms:
         cells.append(f"{ms[k]['mean']:.2f} ± {ms[k]['std']:.2f}")
       else:
         cells.append("")
