@@ -104,3 +104,33 @@ def test_scanned_flops_correction_matches_unscanned_compile():
   unscanned, _ = _forward_flops(config.replace(scan_layers=False))
   assert scanned < 0.6 * unscanned  # the raw count really misses layers
   assert corrected == pytest.approx(unscanned, rel=0.03)
+
+
+def test_scaling_grid_marks_what_the_arguments_alone_rule_out(tmp_path, capsys):
+  """scripts/scaling_table.py: a cell not compiled reads "does not fit" only when the
+  step's arguments exceed the chip's HBM, "cannot be laid out" for a layout error."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "scaling_table", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
+                                    "scaling_table.py"))
+  table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(table)
+  gib = 1024 ** 3
+  resident = {  # v5e: 16 GiB per chip; v4: 32
+      "11b:v5e:2x2:4x1": {"multitask_train": {"state_and_batch_bytes_per_chip": 21 * gib},
+                          "adapt_train": {"state_and_batch_bytes_per_chip": 15 * gib,
+                                          "params_bytes_per_chip": 20 * gib}},
+      "11b:v4:2x2x1:4x1": {"multitask_train": {"state_and_batch_bytes_per_chip": 21 * gib}},
+      "3b:v5e:4x4:16x1": {"adapt_train": {"layout_error": "8 rows for 16 shards"}},
+  }
+  (tmp_path / "scaling.json").write_text("{}")
+  (tmp_path / "resident.json").write_text(json.dumps(resident))
+  table.cmd_table(str(tmp_path / "scaling.json"), str(tmp_path / "resident.json"))
+  rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:7]]
+          for line in capsys.readouterr().out.splitlines() if line.startswith("| t0")}
+  assert rows[("t0pp_11b", "v5e-4", "4 x 1")] == [
+      "**does not fit**: arguments alone 21.00 GiB > 16 (not compiled)",
+      "not compiled",  # 15 GiB of arguments: a compile would have to decide
+      "**does not fit**: arguments alone 20.00 GiB > 16 (not compiled)"]  # its parameters
+  assert rows[("t0pp_11b", "v4-8", "4 x 1")][0] == "not compiled"  # 21 of 32 GiB
+  assert rows[("t0_3b", "v5e-16", "16 x 1")][1].startswith("**cannot be laid out**")
