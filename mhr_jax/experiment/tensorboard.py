@@ -2,7 +2,7 @@
 
 TensorFlow is already in every process that runs a stage (seqio's input
 pipeline), so writing through it costs no import, as t5x and clu do.
-(tensorboardX, used before, imports torch whenever torch is installed: ~3
+(tensorboardX, used before, imports torch whenever torch is installed: ~2.5
 CPU-s at every start of `run.py` on a machine that has it.)
 
     writer = ScalarWriter(os.path.join(stage_dir, "tensorboard"))
