@@ -123,24 +123,27 @@ def _measured(results: dict) -> dict:
   return out
 
 
-def _state_beyond_hbm(resident: dict, size: str, topo: str, mesh: str, name: str):
-  """Per-chip GiB of a step's arguments when they alone exceed the chip's HBM, else None.
+def _unmeasured_cell(resident: dict, case: str, name: str, hbm_bytes: int) -> str:
+  """The grid cell of a step that was not compiled, from `resident` (may be empty).
 
-  The arguments are part of a step's total, so this proves "does not fit" without a
-  compile: train steps from `resident`'s state + batch bytes, `score` from the
-  parameter bytes of the adapt step, else of the multi-task step (the same frozen
-  backbone; the scoring step's arguments include them).
+  "cannot be laid out" where `resident` recorded a layout error; "does not fit" where
+  the step's arguments alone exceed the chip's HBM (they are part of its total, so no
+  compile is needed to know): train steps from their state + batch bytes, `score`
+  from the parameter bytes of the adapt step, else of the multi-task step (the same
+  frozen backbone; the scoring step's arguments include them); else "not compiled".
   """
-  entry = resident.get(f"{size}:{topo}:{mesh}", {})
+  entry = resident.get(case, {})
+  if entry.get(name, {}).get("layout_error"):
+    return "**cannot be laid out**: its batch does not split over the data shards"
   if name == "score":
     nbytes = (entry.get("adapt_train", {}).get("params_bytes_per_chip") or
               entry.get("multitask_train", {}).get("params_bytes_per_chip"))
   else:
     nbytes = entry.get(name, {}).get("state_and_batch_bytes_per_chip")
-  sys.path.insert(0, ROOT)
-  from mhr_jax.experiment.chips import chip_of_topology  # pylint: disable=g-import-not-at-top
-  hbm = chip_of_topology(topo).hbm_bytes
-  return None if nbytes is None or nbytes <= hbm else (nbytes / GiB, hbm / GiB)
+  if nbytes is not None and nbytes > hbm_bytes:
+    return (f"**does not fit**: arguments alone {nbytes / GiB:.2f} GiB > "
+            f"{hbm_bytes / GiB:.0f} (not compiled)")
+  return "not compiled"
 
 
 def cmd_table(path: str, resident_path: Optional[str] = None) -> None:
@@ -149,6 +152,8 @@ def cmd_table(path: str, resident_path: Optional[str] = None) -> None:
   With `resident_path` (written by `resident`), a cell that was not compiled but
   whose arguments alone exceed the chip's HBM reads "does not fit (arguments ...)".
   """
+  sys.path.insert(0, ROOT)
+  from mhr_jax.experiment.chips import chip_of_topology  # pylint: disable=g-import-not-at-top
   results = json.load(open(path))
   resident = json.load(open(resident_path)) if resident_path else {}
   g = lambda b: f"{b / GiB:.2f}"
@@ -180,15 +185,9 @@ def cmd_table(path: str, resident_path: Optional[str] = None) -> None:
         cells = []
         for name in GRID_STEPS:
           hit = measured.get((size, topo, mesh, name))
-          beyond = _state_beyond_hbm(resident, size, topo, mesh, name) if hit is None else None
-          unplaced = resident.get(f"{size}:{topo}:{mesh}", {}).get(name, {}).get("layout_error")
-          if hit is None and unplaced:
-            cells.append("**cannot be laid out**: its batch does not split over the data shards")
-          elif beyond is not None:
-            cells.append(f"**does not fit**: arguments alone {beyond[0]:.2f} GiB > "
-                         f"{beyond[1]:.0f} (not compiled)")
-          elif hit is None:
-            cells.append("not compiled")
+          if hit is None:
+            cells.append(_unmeasured_cell(resident, f"{size}:{topo}:{mesh}", name,
+                                          chip_of_topology(topo).hbm_bytes))
           else:
             s = hit[0]
             total = g(s["total_bytes"]) if "total_bytes" in s else "?"
@@ -235,17 +234,14 @@ def cmd_resident(path: str, cases: list[str]) -> None:
             False, example_batch(stage["data"].batch_size, stage["data"].input_length,
                                  stage["data"].target_length),
             partitioner, single_task=cfg == "adapt")
-        args = jax.tree.leaves(built.args)
-        for a in args:
-          a.sharding.shard_shape(a.shape)
+        nbytes = sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+                     for a in jax.tree.leaves(built.args))
       except ValueError as e:  # e.g. a batch that cannot split over the data shards
         out[case][name] = {"layout_error": str(e).splitlines()[0][:300]}
         print(case, name, "cannot be laid out:", out[case][name]["layout_error"], flush=True)
         continue
       out[case][name] = {
-          "state_and_batch_bytes_per_chip": sum(
-              int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
-              for a in args),
+          "state_and_batch_bytes_per_chip": nbytes,
           **compile_stage._param_bytes(built.params_abstract, built.params_shardings)}  # pylint: disable=protected-access
     print(case, {k: round(v["state_and_batch_bytes_per_chip"] / GiB, 2)
                  for k, v in out[case].items() if "layout_error" not in v}, flush=True)

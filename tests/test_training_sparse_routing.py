@@ -33,9 +33,8 @@ def _batch(task_ids):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_step(adapter, method, sparse):
-  """(optimizer, jitted step): one compile per configuration for the whole module."""
-  del method  # part of the key: the trainable split (hence the state's shapes) is the method's
+def _jitted_step(adapter, sparse):
+  """(optimizer, jitted step) for the whole module: one compile per state structure."""
   opt = make_optimizer(OptimizerConfig(sparse_routing=sparse, **OPT), total_steps=10)
   return opt, jax.jit(make_train_step(T5(CONFIG, adapter=adapter), opt))
 
@@ -43,7 +42,7 @@ def _jitted_step(adapter, method, sparse):
 def _run(adapter, method, sparse, id_batches):
   """Trains from the same random parameters; returns (states after each step, metrics)."""
   params = random_params(CONFIG, adapter, seed=3)
-  opt, step = _jitted_step(adapter, method, sparse)
+  opt, step = _jitted_step(adapter, sparse)
   state = TrainState.create(params, methods.trainable_predicate(method, "multitask"), opt.tx,
                             jax.random.PRNGKey(0))
   states, metrics = [], []

@@ -76,7 +76,7 @@ def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
   for task, ms in summary.items():
     cells = []
     for k in metrics:
-      if k in ms and ms[k].get("n", 2) == 1:  # one seed: no spread to show
+      if k in ms and ms[k].get("n") == 1:  # one seed: no spread to show
         cells.append(f"{ms[k]['mean']:.2f}")
       elif k in ms:
         cells.append(f"{ms[k]['mean']:.2f} ± {ms[k]['std']:.2f}")

@@ -32,7 +32,6 @@ class ScalarWriter:
   """One TensorBoard run directory; `add_scalar(tag, value, step)` as tensorboardX's."""
 
   def __init__(self, logdir: str):
-    self.logdir = logdir
     self._writer = tf.summary.create_file_writer(logdir)
 
   def add_scalar(self, tag: str, value: float, step: int) -> None:
@@ -42,9 +41,6 @@ class ScalarWriter:
 
   def flush(self) -> None:
     self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
 
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
