@@ -30,3 +30,16 @@ from tasks import registry  # noqa: E402  (after the variables above)
 def byte_vocabulary():
   registry.reset_vocabulary()
   yield
+
+
+def pytest_collection_modifyitems(items):
+  """Tests marked `heavy` run first (stable order otherwise).
+
+  scripts/test.sh splits the suite in this order between its two workers and
+  lets an idle worker take the not yet started tests at the end of the other's
+  queue (`--dist worksteal`): with the long pipeline runs started first, the
+  short tests fill in behind them and both workers finish together. Tests that
+  share an expensive module fixture are all marked, so they stay adjacent.
+  (pytest-xdist's `loadgroup` does not group under pytest 9.)
+  """
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

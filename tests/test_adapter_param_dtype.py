@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from mhr_jax.adapters import methods
 from mhr_jax.adapters.config import AdapterConfig
-from mhr_jax.experiment.model_setup import init_params
+from mhr_jax.experiment.model_setup import abstract_params, init_params
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.optimizer import OptimizerConfig, make_optimizer
 from mhr_jax import param_tree
@@ -58,7 +59,7 @@ def test_mhr_trains_f32_skills_and_routing_next_to_a_bf16_backbone():
 
 def test_adaptation_adapters_are_f32_on_a_bf16_backbone():
   model = T5(CONFIG, adapter=ADAPTER)
-  params = jax.eval_shape(lambda k: init_params(model, k), jax.random.PRNGKey(0))
+  params = nn.meta.unbox(abstract_params(model))
   for method in ("lora", "ia3", "mhr_mu", "mhr"):
     config, adapted = methods.init_adaptation_params(method, _zeros(params), ADAPTER)
     flat = flatten_params(adapted)
@@ -66,9 +67,7 @@ def test_adaptation_adapters_are_f32_on_a_bf16_backbone():
     assert {flat[k].dtype for k in flat if trained(k)} == {jnp.dtype(jnp.float32)}, method
     assert {flat[k].dtype for k in flat if not trained(k)} == {jnp.dtype(jnp.bfloat16)}, method
     # The model built from the returned config creates the same dtypes itself.
-    fresh = flatten_params(jax.eval_shape(lambda k, c=config: init_params(T5(CONFIG, adapter=c),
-                                                                          k),
-                                          jax.random.PRNGKey(2)))
+    fresh = flatten_params(nn.meta.unbox(abstract_params(T5(CONFIG, adapter=config))))
     assert {k: v.dtype for k, v in fresh.items()} == {k: v.dtype for k, v in flat.items()}
 
 

@@ -26,6 +26,7 @@ def _run(script: str, *args: str) -> str:
   return proc.stdout
 
 
+@pytest.mark.heavy
 def test_routing_cost_quick(tmp_path):
   # Each variant is two compilations (~10-30 CPU-s each): run the two of one check (the
   # sparse routing update's; mhr8_over_lora is computed by the same code).
@@ -47,6 +48,7 @@ def test_routing_cost_quick(tmp_path):
   assert "sparse routing update" in out and "targets:" in out
 
 
+@pytest.mark.heavy
 def test_speed_vs_peft_quick(tmp_path):
   out = _run("speed_vs_peft.py", "--quick", "--steps", "1", "--warmup", "1", "--threads", "1",
              "--out", str(tmp_path / "sp.json"))

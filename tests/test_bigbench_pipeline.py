@@ -59,6 +59,7 @@ def _lines(path):
     return [json.loads(l) for l in f]
 
 
+@pytest.mark.heavy
 def test_bigbench_config_end_to_end_on_fixture_tasks(fixture_bigbench, tmp_path):
   assert tasks.heldout_tasks("bigbench") == ["bigbench_fixture_ties4", "bigbench_toy_gen"]
   out = str(tmp_path / "run")

@@ -47,6 +47,7 @@ def _compile_on_v5e_2x2(tmp_path, *bindings: str) -> None:
       "compile_steps.correct_flops = False", *bindings], SEARCH)
 
 
+@pytest.mark.heavy
 def test_tiny_compiles_for_v5e_2x2_split_over_model(tmp_path):
   _compile_on_v5e_2x2(tmp_path, "mhr_jax.MeshConfig.model = 2",
                       "mhr_jax.T5Config.scan_layers = True",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -14,6 +15,7 @@ from mhr_jax.adapters.config import AdapterConfig
 from mhr_jax.evaluation.evaluator import Evaluator
 from mhr_jax.evaluation.rank_classification import choice_scores
 from mhr_jax.evaluation.results import aggregate, markdown_table, save_results
+from mhr_jax.evaluation.routing_overview import save_routing_picture
 from mhr_jax.evaluation.routing_plot import routing_probabilities, save_routing_heatmap
 from mhr_jax.experiment import report
 from mhr_jax.experiment.model_setup import init_params, param_shardings
@@ -53,6 +55,17 @@ def test_routing_probabilities_average_layers_and_normalise(tmp_path):
   path = save_routing_heatmap(p, str(tmp_path / "r.png"), ["t0", "t1"])
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_routing_picture_of_64_heads_draws_eight_and_keeps_all_in_the_csv(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  probs = np.random.default_rng(0).dirichlet(np.ones(8), size=(5, 64))  # t0_3b.gin's heads
+  paths = save_routing_picture(probs, str(tmp_path), [f"task{i}" for i in range(5)])
+  width, _ = Image.open(paths["png"]).size
+  assert width < 4000, width  # 64 panels side by side: ~25,000 px
+  with open(paths["csv"]) as f:
+    header = next(csv.reader(f))
+  assert len(header) == 2 + 64 * 8 and header[-1] == "h63_s7"
 
 
 class _Vocab:

@@ -4,8 +4,9 @@ The CLI tests drive `run.py` on a micro version of configs/default.gin (one
 training task, 8 steps): in a subprocess where training or signals are
 involved, through `run.main` in process for errors raised before any model is
 built. Training subprocesses cost most of this file's CPU time, so there are
-three (one uninterrupted run, shared as `baseline`; a SIGTERMed run and its
-rerun), sharing one persistent JAX compilation cache. The NaN guard is
+three (one uninterrupted run, `baseline`, made once per session for every
+pytest-xdist worker; a SIGTERMed run and its rerun), sharing one persistent JAX
+compilation cache. The NaN guard is
 driven through the real `train_loop` and checkpoint callback with a scripted
 step function (no compilation), and corrupt / non-finite checkpoints through
 the real `load_multitask` on copies of `baseline`.
@@ -13,8 +14,10 @@ the real `load_multitask` on copies of `baseline`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -71,9 +74,17 @@ sys.exit(run.main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = tmp_path_factory.mktemp("jax_cache")
+def _session_dir(tmp_path_factory, worker_id: str) -> pathlib.Path:
+  """A directory of this pytest session that every pytest-xdist worker sees."""
+  base = tmp_path_factory.getbasetemp()
+  return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory, worker_id):
+  # One persistent JAX compilation cache for every training subprocess of the session.
+  cache = _session_dir(tmp_path_factory, worker_id) / "faults_jax_cache"
+  cache.mkdir(exist_ok=True)
   return {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
           "JAX_COMPILATION_CACHE_DIR": str(cache),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -124,12 +135,25 @@ def clean_gin():
   gin.clear_config()
 
 
-@pytest.fixture(scope="module")
-def baseline(env, tmp_path_factory):
-  """One uninterrupted run: checkpoints 3, 6 and 8."""
-  out = str(tmp_path_factory.mktemp("baseline") / "run")
-  proc = cli(env, out)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+# The tests that use `baseline`: scheduled first and together (tests/conftest.py), on
+# the worker that makes it, so that no other worker waits for it.
+USES_BASELINE = pytest.mark.heavy
+
+
+@pytest.fixture(scope="session")
+def baseline(env, tmp_path_factory, worker_id):
+  """One uninterrupted run: checkpoints 3, 6 and 8 (made once per session, under a lock).
+
+  Whichever pytest-xdist worker first needs it runs it; the other waits and reuses it.
+  """
+  root = _session_dir(tmp_path_factory, worker_id)
+  out = str(root / "faults_baseline" / "run")
+  with open(root / "faults_baseline.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(out + ".done"):
+      proc = cli(env, out)
+      assert proc.returncode == 0, proc.stderr[-3000:]
+      open(out + ".done", "w").close()
   assert steps_on_disk(out) == [3, 6, 8]
   return out
 
@@ -144,6 +168,7 @@ def copy_run(baseline, tmp_path):
 # --- 2 + 8. SIGTERM, resume, history ---------------------------------------------
 
 
+@USES_BASELINE
 def test_sigterm_saves_exits_143_and_rerun_is_bit_identical(env, baseline, tmp_path):
   out = str(tmp_path / "run")
   proc = cli(env, out, slow=True, wait=False)
@@ -255,6 +280,7 @@ def _nan_copy(out, step):
     store.save(step, bad, extra, force=True)
 
 
+@USES_BASELINE
 def test_unreadable_and_nonfinite_checkpoints_fall_back(baseline, tmp_path, caplog):
   out = copy_run(baseline, tmp_path)
   _truncate_largest_file(os.path.join(ckpt_dir(out), "8", "state"))
@@ -271,6 +297,7 @@ def test_unreadable_and_nonfinite_checkpoints_fall_back(baseline, tmp_path, capl
   assert extra["planned_steps"] == STEPS and [h["step"] for h in extra["history"]] == [1, 2, 3]
 
 
+@USES_BASELINE
 def test_no_readable_checkpoint_fails_in_one_line(baseline, tmp_path):
   out = copy_run(baseline, tmp_path)
   for step in (3, 8):
@@ -285,6 +312,7 @@ def test_no_readable_checkpoint_fails_in_one_line(baseline, tmp_path):
 # --- 5. another config on the same output_dir ----------------------------------------
 
 
+@USES_BASELINE
 def test_other_config_on_the_same_output_dir_is_one_line(baseline, tmp_path, capsys):
   out = copy_run(baseline, tmp_path)
   argv = MICRO + [f"--gin.run.output_dir={out}", f"--gin.train_multitask.steps={STEPS}",
@@ -296,6 +324,7 @@ def test_other_config_on_the_same_output_dir_is_one_line(baseline, tmp_path, cap
       f"{ckpt_dir(out)} to start over"]
 
 
+@USES_BASELINE
 def test_overrides_the_saved_config_wins_over_are_reported(baseline):
   _, extra = restore(baseline, 8)
   gin.parse_config(["mhr_jax.AdapterConfig.n_skills = 5", "mhr_jax.AdapterConfig.rank = 2",
@@ -306,6 +335,7 @@ def test_overrides_the_saved_config_wins_over_are_reported(baseline):
 # --- 6. lock ---------------------------------------------------------------------
 
 
+@USES_BASELINE
 def test_a_second_run_on_the_output_dir_is_refused(baseline, tmp_path, capsys):
   out = copy_run(baseline, tmp_path)
   holder = subprocess.Popen(
@@ -377,6 +407,7 @@ def test_bad_input_is_exit_2_and_one_line(case, tmp_path, capsys):
     assert "model.safetensors" in err[0] and "truncated" in err[0]
 
 
+@pytest.mark.heavy
 def test_bad_input_from_a_real_process_is_one_stderr_line(env, tmp_path):
   proc = cli(env, str(tmp_path / "out"), "--gin.mhr_jax.DataConfig.batch_size=0")
   assert proc.returncode == 2

@@ -47,6 +47,7 @@ def test_results_markdown_orders_rows_and_reports_95_percent_intervals():
   assert "| mhr | mhr | 20.00 (one run) | 21.00 (one run) | 1 |" in one_run  # not "± nan"
 
 
+@pytest.mark.heavy
 def test_one_group_runs_and_writes_results(tmp_path):
   results = tmp_path / "RESULTS.md"
   notes = mc.NOTES_MARKER + "\n\n## Discussion\n\nWritten by hand.\n"

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 N_PROCESSES, LOCAL_DEVICES = 2, 2
@@ -87,12 +88,14 @@ def check_process(process_id: str, port: str) -> None:
   jax.distributed.shutdown()
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one_device():
+  # Imported here: the processes below run this file before jax.distributed starts.
+  from tests.utils import FAST_COMPILE_XLA_FLAGS  # pylint: disable=g-import-not-at-top
   port = str(_free_port())
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES} "
-                       "--xla_backend_optimization_level=0 "
-                       "--xla_llvm_disable_expensive_passes=true",
+                       + FAST_COMPILE_XLA_FLAGS,
              PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]))
   procs = [subprocess.Popen([sys.executable, __file__, str(i), port], env=env, cwd=_REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -80,6 +80,7 @@ def paper_data(tmp_path):
                              "p3_dream_answer_to_dialogue"]),
     ("t5xl_sni.gin", "ni_task003_gamma", ["ni_task001_alpha", "ni_task002_beta"]),
 ])
+@pytest.mark.heavy
 def test_paper_config_runs_on_a_local_checkpoint(config, heldout, train_tasks, checkpoint,
                                                  paper_data, tmp_path, monkeypatch):
   out = str(tmp_path / "run")

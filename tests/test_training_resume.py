@@ -47,6 +47,11 @@ def interrupted(batches, n):
     yield b
 
 
+# All `heavy` (tests/conftest.py schedules them first, one after another): `setup`'s
+# trainers hold the compiled steps the tests share, for as long as this module runs.
+pytestmark = pytest.mark.heavy
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["dense_routing", "sparse_routing"])
 def setup(request):
   model = T5(CFG, adapter=ADAPTER)

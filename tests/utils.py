@@ -7,6 +7,7 @@
                                     the one-layer model and batch of the mesh tests
     MICRO                           gin bindings: a micro model and budgets for run.py
     record_evaluations(monkeypatch) each evaluation's metrics recomputed independently
+    FAST_COMPILE_XLA_FLAGS          XLA_FLAGS of the tests' own subprocesses
 
 Torch and PEFT are not imported here (see hf_reference.py); task data
 stand-ins are in task_fixtures.py.
@@ -21,6 +22,15 @@ import numpy as np
 from mhr_jax import param_tree
 from mhr_jax.models import T5, T5Config
 from mhr_jax.training.losses import weighted_cross_entropy
+
+# XLA flags of the tests' own subprocesses: compiling, not running, is what the tiny
+# models spend their time on. LLVM at -O0, its expensive passes off, and XLA:CPU's
+# loop emitters instead of the fusion emitters (a train step compiles ~2x faster);
+# scripts/test.sh sets the first and the last for the whole suite. Both sides of
+# every comparison compile with them.
+FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
+                          "--xla_llvm_disable_expensive_passes=true "
+                          "--xla_cpu_use_fusion_emitters=false")
 
 # --- A tiny T5 and one fixed mixed-task batch ------------------------------------
 

@@ -8,6 +8,8 @@ beyond that, `save_grouped_heatmap` draws one row per *group* of tasks (a
 BIG-bench task's subtasks `parent.sub` form one group; their routing is averaged),
 groups ordered by hierarchical clustering so that groups routed alike sit together,
 and at most `max_rows` groups (the largest) with the rest counted in the title.
+Both draw one panel per routing head, the first `routing_plot.MAX_HEAD_PANELS`
+of more (t0_3b.gin routes 64 heads); the CSV holds every head.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 
 from mhr_jax.evaluation.results import save_figure_atomic
-from mhr_jax.evaluation.routing_plot import save_routing_heatmap
+from mhr_jax.evaluation.routing_plot import head_panels, save_routing_heatmap
 
 PER_TASK_ROWS = 60  # up to this many tasks, one row per task
 
@@ -81,11 +83,12 @@ def save_grouped_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
   short = [n[len(prefix):] for n in names]
   labels = [f"{short[i]} ({sizes[i]})" if sizes[i] > 1 else short[i] for i in order]
   n_rows, n_heads, n_skills = means.shape
+  heads, left_out = head_panels(n_heads)
   row_in = 0.13
-  fig, axes = plt.subplots(1, n_heads, squeeze=False, layout="constrained",
-                           figsize=(3.5 + 0.3 * n_skills * n_heads, 1.2 + row_in * n_rows))
+  fig, axes = plt.subplots(1, len(heads), squeeze=False, layout="constrained",
+                           figsize=(3.5 + 0.3 * n_skills * len(heads), 1.2 + row_in * n_rows))
   lo, hi = float(means.min()), max(float(means.max()), float(means.min()) + 1e-6)
-  for h in range(n_heads):
+  for h in heads:
     ax = axes[0, h]
     im = ax.imshow(means[:, h, :], aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
                    interpolation="nearest")
@@ -104,6 +107,8 @@ def save_grouped_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
            "the count in brackets; rows clustered)")
   if dropped:
     shown += f"; {dropped} smallest groups not shown"
+  if left_out:
+    shown += f"; {left_out}"
   fig.suptitle(f"{title}\n{shown}", fontsize=10)
   return save_figure_atomic(fig, path)
 

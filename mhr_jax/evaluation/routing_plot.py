@@ -28,16 +28,36 @@ def routing_probabilities(params: Mapping) -> np.ndarray:
   return np.mean(mats, axis=0)
 
 
+MAX_HEAD_PANELS = 8  # more routing heads than this: the first ones are drawn
+
+
+def head_panels(n_heads: int) -> tuple[list[int], str]:
+  """(heads drawn as panels, a note for the title when some are left out).
+
+  One panel per head side by side stays readable up to `MAX_HEAD_PANELS`;
+  configs/experiments/t0_3b.gin's 64 heads would make a picture ~25,000 px
+  wide. Every head is in routing.csv.
+  """
+  if n_heads <= MAX_HEAD_PANELS:
+    return list(range(n_heads)), ""
+  return (list(range(MAX_HEAD_PANELS)),
+          f"heads 0-{MAX_HEAD_PANELS - 1} of {n_heads} shown; every head in routing.csv")
+
+
 def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str] = (),
                          title: str = "Learned routing") -> str:
-  """Writes a PNG heatmap of `probs` [tasks, heads, skills]; returns the path."""
+  """Writes a PNG heatmap of `probs` [tasks, heads, skills]; returns the path.
+
+  One panel per head (the first `MAX_HEAD_PANELS` of more), one row per task.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top  (start-up: see results.py)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   n_tasks, n_heads, n_skills = probs.shape
-  fig, axes = plt.subplots(1, n_heads, figsize=(1.2 + 0.45 * n_skills * n_heads + 2,
-                                               1.5 + 0.3 * n_tasks), squeeze=False)
-  for h in range(n_heads):
+  heads, left_out = head_panels(n_heads)
+  fig, axes = plt.subplots(1, len(heads), figsize=(1.2 + 0.45 * n_skills * len(heads) + 2,
+                                                   1.5 + 0.3 * n_tasks), squeeze=False)
+  for h in heads:
     ax = axes[0, h]
     # Colour range spans the data: early routing sits near uniform (1/skills).
     im = ax.imshow(probs[:, h, :], aspect="auto", cmap="viridis", vmin=float(probs.min()),
@@ -53,5 +73,5 @@ def save_routing_heatmap(probs: np.ndarray, path: str, task_names: Sequence[str]
     else:
       ax.set_yticks([])
   fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="p(skill | task)")
-  fig.suptitle(title)
+  fig.suptitle(f"{title}\n{left_out}" if left_out else title)
   return save_figure_atomic(fig, path)

@@ -11,7 +11,7 @@ import numpy as np
 
 from mhr_jax import param_tree
 from mhr_jax.models import T5
-from mhr_jax.partitioning import Partitioner
+from mhr_jax.partitioning import Partitioner, make_mesh
 
 
 def example_batch(batch_size: int, input_length: int, target_length: int) -> dict:
@@ -48,8 +48,7 @@ def param_shardings(model: T5, partitioner: Partitioner) -> dict:
 
 def init_params(model: T5, rng: jax.Array, partitioner: Optional[Partitioner] = None) -> dict:
   """Random parameters (unboxed); laid out by `partitioner` when given, else on one device."""
-  if partitioner is None:
-    return nn.meta.unbox(jax.jit(_init_fn(model))(rng))
+  partitioner = partitioner or Partitioner(make_mesh(devices=jax.devices()[:1]))
   params, _ = partitioner.init(_init_fn(model), rng)
   return params
 
