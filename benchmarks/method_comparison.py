@@ -22,11 +22,17 @@ other shot counts (`--shots`) for the plot. Written atomically.
 
   python benchmarks/method_comparison.py                       # ~30 CPU-min at k=16 alone
   python benchmarks/method_comparison.py --methods mhr,poly --gin.adapt_heldout.seeds='(0,)'
+  python benchmarks/method_comparison.py --multitask_seeds 1,2   # + 2 pre-trainings per group
+
+`--multitask_seeds` repeats each group's multi-task stage with other
+`train_multitask.seed` values (main k only) and adds a table of the spread
+over pre-trainings: one pre-training's intervals do not hold its variance.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -119,13 +125,17 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
                      wall_s: Mapping[str, float], multitask: Mapping[str, Mapping] = {},
                      shots: Mapping[str, Mapping[int, Mapping]] = {},
                      shots_png: str = "", trainable: Mapping[str, int] = {},
-                     cpu_s: Mapping[str, float] = {}) -> str:
+                     cpu_s: Mapping[str, float] = {},
+                     spread: Mapping[str, Mapping[int, Mapping]] = {},
+                     spread_multitask: Mapping[str, Mapping[int, Mapping]] = {}) -> str:
   """docs/RESULTS.md: the method table, a per-task table and how it was made.
 
   summaries: {method: {task: {metric: {mean, std, n}}, 'average': {...}}} as
   `mhr_jax.evaluation.results.aggregate` returns.
   trainable: {method: parameters trained in adaptation} (a column when given).
   cpu_s: {multi-task stage: CPU seconds of the process} (a column when given).
+  spread: {method: {multi-task seed: summary at the main k}} (a section when given);
+  spread_multitask: {multi-task stage: {seed: its multitask_report.json}}.
   """
   methods = [m for m in ORDER if m in summaries] + [m for m in summaries if m not in ORDER]
   pretrain = {m: g for g, ms in groups.items() for m in ms}
@@ -168,6 +178,8 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
               f"{rec['permutation']['q95']:.3f}" if rec else "")
       lines.append(f"| {g} | {em} | {rec_s} | {perm} |")
     lines.append("")
+  if spread:
+    lines += _spread_lines(spread, spread_multitask, settings.get("adapt_heldout.k", "?"))
   if shots:
     ks = sorted({k for by_k in shots.values() for k in by_k})
     lines += ["## Exact match against the number of shots", "",
@@ -186,13 +198,46 @@ def results_markdown(summaries: Mapping[str, Mapping], groups: Mapping[str, Sequ
     cells = [f"{summaries[m][t]['exact_match']['mean']:.1f}" if t in summaries[m] else ""
              for m in methods]
     lines.append(f"| {t} | " + " | ".join(cells) + " |")
-  lines += ["", "## Time per multi-task group (its pre-training, adaptations, zero-shot, shots)", "",
+  lines += ["", "## Time per multi-task group (its pre-trainings, adaptations, zero-shot, shots)", "",
             "| multi-task stage | adaptation methods | wall s |" + (" CPU s |" if cpu_s else ""),
             "|---|---|---:|" + ("---:|" if cpu_s else "")]
   for g, ms in groups.items():
     cpu = f" {cpu_s.get(g, float('nan')):.0f} |" if cpu_s else ""
     lines.append(f"| {g} | {', '.join(ms)} | {wall_s.get(g, float('nan')):.0f} |{cpu}")
   return "\n".join(lines) + "\n"
+
+
+def _spread_lines(spread: Mapping[str, Mapping[int, Mapping]],
+                  spread_multitask: Mapping[str, Mapping[int, Mapping]], k) -> list[str]:
+  """The section on how much the numbers move with the multi-task pre-training."""
+  from mhr_jax.evaluation.intervals import (format_interval, runs_interval,  # pylint: disable=g-import-not-at-top
+                                            task_average_interval)
+  seeds = sorted({s for by_seed in spread.values() for s in by_seed})
+  lines = ["## Spread over multi-task pre-trainings", "",
+           f"Held-out exact match at k = {k}. Each seed column is one multi-task pre-training "
+           "(`train_multitask.seed`: initial weights and data order) followed by the same "
+           "adaptation seeds; the main table is the first column. The last column is the mean "
+           "over pre-trainings ± its 95 % interval (Student's t, one value per pre-training): "
+           "it holds the variance of pre-training, which the intervals above (adaptation seeds "
+           "of one pre-training) do not.", "",
+           "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95 % |",
+           "|---|" + "---:|" * (len(seeds) + 1)]
+  for m in [m for m in ORDER if m in spread] + [m for m in spread if m not in ORDER]:
+    means = {s: task_average_interval(spread[m][s], "exact_match")["mean"] for s in spread[m]}
+    lines.append(f"| {m} | " + " | ".join(f"{means[s]:.2f}" if s in means else "" for s in seeds)
+                 + f" | {format_interval(runs_interval(list(means.values())))} |")
+  routed = {g: r for g, r in spread_multitask.items()
+            if any(rep.get("routing_recovery") for rep in r.values())}
+  if routed:
+    lines += ["", "| multi-task stage | " + " | ".join(
+        f"seed {s}: training EM / routing recovery" for s in seeds) + " |",
+              "|---|" + "---:|" * len(seeds)]
+    for g, by_seed in routed.items():
+      cells = [f"{by_seed[s]['train_exact_match']:.2f} / "
+               f"{by_seed[s]['routing_recovery']['mean_over_heads']:.3f}"
+               if by_seed.get(s, {}).get("routing_recovery") else "" for s in seeds]
+      lines.append(f"| {g} | " + " | ".join(cells) + " |")
+  return lines + [""]
 
 
 def _reuse(path: str, key: Mapping) -> Optional[dict]:
@@ -251,6 +296,32 @@ def trainable_parameters(adapt: Sequence[str], zero_shot: Sequence[str],
   return counts
 
 
+def _multitask_seed() -> int:
+  """train_multitask.seed as gin is configured (its default when unbound)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
+  try:
+    return int(gin.query_parameter("train_multitask.seed"))
+  except ValueError:
+    return inspect.signature(stages.train_multitask).parameters["seed"].default
+
+
+def _run_group(group_dir: str, key: Mapping, adapt: Sequence[str],
+               zero_shot: Sequence[str]) -> dict:
+  """Runs the pipeline gin is configured for (one group) and saves what the table needs."""
+  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
+  t0, c0 = time.time(), time.process_time()
+  done = {"summaries": pipeline.run()}
+  report = os.path.join(group_dir, "multitask_report.json")
+  if os.path.exists(report):
+    with open(report, encoding="utf-8") as f:
+      done["multitask"] = json.load(f)
+  done["trainable"] = trainable_parameters(adapt, zero_shot, os.path.join(group_dir, "multitask"))
+  done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
+  _save_done(os.path.join(group_dir, "comparison.json"), key, done)
+  return done
+
+
 # What the numbers depend on: a re-run reuses saved results only if these are unchanged.
 CODE_PATHS = ("mhr_jax", "tasks", "configs")
 
@@ -298,6 +369,12 @@ def main(argv: Sequence[str]) -> int:
                       help="as --shots_only, but every shot count of --shots (the main k too) "
                       "and the zero-shot runs of the --shots_methods: a group's adaptations "
                       "split over several processes; a later full run assembles them")
+  parser.add_argument("--multitask_seeds", default="",
+                      help="comma-separated further train_multitask.seed values: each repeats "
+                      "its group's multi-task stage and the main k's adaptation (no zero-shot, "
+                      "no other shots) for a table of the spread over multi-task runs")
+  parser.add_argument("--multitask_seed_methods", default="",
+                      help="comma-separated methods repeated for --multitask_seeds (default: all)")
   parser.add_argument("--no_zero_shot", action="store_true",
                       help="skip μ zero-shot (run for every *_mu method by default)")
   args, rest = parser.parse_known_args(argv)
@@ -316,7 +393,7 @@ def main(argv: Sequence[str]) -> int:
   from mhr_jax import gin_cli  # pylint: disable=g-import-not-at-top
   from mhr_jax.adapters.methods import METHODS  # pylint: disable=g-import-not-at-top
   from mhr_jax.evaluation.results import write_atomic  # pylint: disable=g-import-not-at-top
-  from mhr_jax.experiment import pipeline, stages  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import stages  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
@@ -326,6 +403,7 @@ def main(argv: Sequence[str]) -> int:
   groups = group_methods(methods, overrides)
   summaries, wall, cpu, settings, multitask, shots, trainable = {}, {}, {}, {}, {}, {}, {}
   ks = [int(k) for k in args.shots.split(",") if k]
+  more_seeds = [int(x) for x in args.multitask_seeds.split(",") if x]
   shots_methods = [m for m in args.shots_methods.split(",") if m] or methods
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
   configs = {}
@@ -343,29 +421,46 @@ def main(argv: Sequence[str]) -> int:
         "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
     if zero_shot:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
+    main_seed = _multitask_seed()
+    if main_seed in more_seeds:
+      parser.error(f"--multitask_seeds {args.multitask_seeds} repeats the main run's "
+                   f"train_multitask.seed = {main_seed}; give other seeds")
     group_dir = os.path.join(args.output_dir, multitask_method)
     key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
     if args.shots_only or args.units_only:
       continue
     done = (_reuse(os.path.join(group_dir, "comparison.json"), key)
             or _from_units(group_dir, code, overrides, adapt, zero_shot,
-                           gin.query_parameter("adapt_heldout.k")))
-    if done is None:
-      t0, c0 = time.time(), time.process_time()
-      done = {"summaries": pipeline.run()}
-      report = os.path.join(group_dir, "multitask_report.json")
-      if os.path.exists(report):
-        with open(report, encoding="utf-8") as f:
-          done["multitask"] = json.load(f)
-      done["trainable"] = trainable_parameters(adapt, zero_shot,
-                                               os.path.join(group_dir, "multitask"))
-      done.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0)
-      _save_done(os.path.join(group_dir, "comparison.json"), key, done)
+                           gin.query_parameter("adapt_heldout.k"))
+            or _run_group(group_dir, key, adapt, zero_shot))
     summaries.update(done["summaries"])
     if "multitask" in done:
       multitask[multitask_method] = done["multitask"]
     trainable.update(done["trainable"])
     wall[multitask_method], cpu[multitask_method] = done["wall_s"], done["cpu_s"]
+  # Repeats of the multi-task stage (other train_multitask.seed), main k only.
+  spread, spread_multitask = {}, {}
+  seed_methods = [m for m in args.multitask_seed_methods.split(",") if m] or methods
+  for seed in ([] if args.shots_only or args.units_only else more_seeds):
+    for multitask_method, adapt in groups.items():
+      adapt = [m for m in adapt if m in seed_methods]
+      if not adapt:
+        continue
+      group_dir = os.path.join(args.output_dir, f"multitask_seed{seed}", multitask_method)
+      gin.clear_config()
+      gin_cli.parse(configs[multitask_method][0], configs[multitask_method][1] + [
+          f"run.output_dir = '{group_dir}'", f"run.adapt_methods = {adapt!r}",
+          "run.zero_shot_methods = []", f"train_multitask.seed = {seed}"], [CONFIGS, ROOT])
+      key = {"code": code, "overrides": overrides, "adapt": adapt, "multitask_seed": seed}
+      done = (_reuse(os.path.join(group_dir, "comparison.json"), key)
+              or _run_group(group_dir, key, adapt, []))
+      for m in adapt:
+        spread.setdefault(m, {main_seed: summaries[m]})[seed] = done["summaries"][m]
+      runs = spread_multitask.setdefault(multitask_method,
+                                         {main_seed: multitask.get(multitask_method, {})})
+      runs[seed] = done.get("multitask", {})
+      wall[multitask_method] = wall.get(multitask_method, 0.0) + done["wall_s"]
+      cpu[multitask_method] = cpu.get(multitask_method, 0.0) + done["cpu_s"]
   # The other shot counts after every group's main table (the plot is the extra).
   for multitask_method, adapt in groups.items():
     gin.clear_config()
@@ -413,7 +508,8 @@ def main(argv: Sequence[str]) -> int:
   text = results_markdown(summaries, groups, command=command.strip(),
                           machine={**common.machine_info(), "cpu_count": os.cpu_count()},
                           commit=commit, settings=settings, wall_s=wall, multitask=multitask,
-                          shots=shots, shots_png=shots_png, trainable=trainable, cpu_s=cpu)
+                          shots=shots, shots_png=shots_png, trainable=trainable, cpu_s=cpu,
+                          spread=spread, spread_multitask=spread_multitask)
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   notes = kept_notes(args.results)
   write_atomic(args.results, text + ("\n" + notes if notes else ""))

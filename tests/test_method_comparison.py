@@ -47,6 +47,53 @@ def test_results_markdown_orders_rows_and_reports_95_percent_intervals():
   assert "| mhr | mhr | 20.00 (one run) | 21.00 (one run) | 1 |" in one_run  # not "± nan"
 
 
+def test_the_spread_over_pre_trainings_is_an_interval_over_runs():
+  summaries = {"mhr": _summary({"a": [10.0, 20.0], "b": [30.0, 40.0]})}  # task mean 25
+  report = {"train_exact_match": 99.0, "routing_recovery": {"mean_over_heads": 0.5}}
+  text = mc.results_markdown(
+      summaries, {"mhr": ["mhr"]}, command="c", commit="c", machine={},
+      settings={"adapt_heldout.k": 16}, wall_s={},
+      spread={"mhr": {0: summaries["mhr"], 1: _summary({"a": [30.0], "b": [40.0]}),
+                      2: _summary({"a": [20.0], "b": [50.0]})}},
+      spread_multitask={"mhr": {0: report, 1: {**report, "train_exact_match": 98.0}, 2: {}}})
+  assert "## Spread over multi-task pre-trainings" in text and "k = 16" in text
+  # Runs 25, 35, 35: mean 31.67, std (ddof 1) 5.774, se 3.333, t(0.975, 2) 4.303 -> 14.34.
+  assert "| mhr | 25.00 | 35.00 | 35.00 | 31.67 ± 14.34 |" in text
+  assert "| mhr | 99.00 / 0.500 | 98.00 / 0.500 |  |" in text
+  from mhr_jax.evaluation.intervals import runs_interval  # pylint: disable=g-import-not-at-top
+  assert runs_interval([7.0])["mean"] == 7.0 and runs_interval([7.0])["half_width"] != 0.0
+
+
+def test_multitask_seeds_repeat_the_chosen_groups_under_their_own_seed(tmp_path, monkeypatch):
+  import gin  # pylint: disable=g-import-not-at-top
+  from mhr_jax.experiment import pipeline  # pylint: disable=g-import-not-at-top
+  runs = []
+
+  def run():  # the pipeline as gin configures it, recorded instead of trained
+    seed, adapt = mc._multitask_seed(), gin.query_parameter("run.adapt_methods")
+    runs.append((os.path.relpath(gin.query_parameter("run.output_dir"), tmp_path), seed,
+                 tuple(adapt), tuple(gin.query_parameter("run.zero_shot_methods"))))
+    return {m: _summary({"a": [10.0 * seed + len(m)], "b": [20.0 * seed + len(m)]})
+            for m in adapt}
+
+  monkeypatch.setattr(pipeline, "run", run)
+  monkeypatch.setattr(mc, "trainable_parameters", lambda *a: {})
+  argv = ["--methods", "mhr,mhr_z,shared_lora", "--multitask_seeds", "1,2",
+          "--multitask_seed_methods", "mhr_z", "--shots", "", "--quiet",
+          "--output_dir", str(tmp_path / "out"), "--results", str(tmp_path / "R.md")]
+  assert mc.main(argv) == 0
+  assert runs == [("out/mhr", 0, ("mhr", "mhr_z"), ()),
+                  ("out/shared_lora", 0, ("shared_lora",), ()),
+                  ("out/multitask_seed1/mhr", 1, ("mhr_z",), ()),
+                  ("out/multitask_seed2/mhr", 2, ("mhr_z",), ())]
+  text = (tmp_path / "R.md").read_text()
+  # mhr_z: task means 5, 20, 35 over seeds 0, 1, 2 (std 15, se 8.66, t(0.975, 2) 4.303).
+  assert "| mhr_z | 5.00 | 20.00 | 35.00 | 20.00 ± 37.26 |" in text
+  assert "| mhr |" not in text.split("## Spread")[1].split("##")[0]
+  with pytest.raises(SystemExit):  # the main run's own seed is no repeat
+    mc.main(argv[:2] + ["--multitask_seeds", "0"])
+
+
 @pytest.mark.heavy
 def test_one_group_runs_and_writes_results(tmp_path):
   results = tmp_path / "RESULTS.md"

@@ -6,6 +6,9 @@ the interval is stratified by task: with T tasks, n_t seeds of task t and
 s_t^2 the sample variance of task t's score over its seeds, the task average
 has standard error sqrt(sum_t s_t^2 / n_t) / T, and the interval uses
 Student's t with sum_t (n_t - 1) degrees of freedom.
+
+That interval holds one multi-task pre-training fixed. Over several
+pre-trainings (`runs_interval`), each run's task average is one value.
 """
 
 from __future__ import annotations
@@ -43,3 +46,21 @@ def format_interval(interval: Mapping) -> str:
   if np.isnan(interval["half_width"]):
     return f"{interval['mean']:.2f} (one run)"
   return f"{interval['mean']:.2f} ± {interval['half_width']:.2f}"
+
+
+def runs_interval(values, level: float = 0.95) -> dict:
+  """{'mean', 'half_width', 'df'} for the mean of independent runs' scores.
+
+  values: one score per run (e.g. each multi-task pre-training's task-averaged
+  exact match); Student's t with len(values) - 1 degrees of freedom, half_width
+  nan for a single run.
+  """
+  x = np.asarray(values, np.float64)
+  if x.ndim != 1 or not len(x):
+    raise ValueError(f"expected a non-empty list of scores, got shape {x.shape}")
+  df = float(len(x) - 1)
+  if df < 1:
+    return {"mean": float(x[0]), "half_width": float("nan"), "df": df}
+  se = float(x.std(ddof=1) / np.sqrt(len(x)))
+  return {"mean": float(x.mean()), "half_width": float(stats.t.ppf(0.5 + level / 2, df) * se),
+          "df": df}
