@@ -406,7 +406,7 @@ def main(argv: Sequence[str]) -> int:
   more_seeds = [int(x) for x in args.multitask_seeds.split(",") if x]
   shots_methods = [m for m in args.shots_methods.split(",") if m] or methods
   quiet = ["train_multitask.show_progress = False", "adapt_heldout.show_progress = False"]
-  configs = {}
+  configs, main_seeds = {}, {}  # per group: its gin configuration, its train_multitask.seed
   for multitask_method, adapt in groups.items():
     zero_shot = [] if args.no_zero_shot else [m for m in adapt if m.endswith("_mu")]
     bindings = overrides + (quiet if args.quiet else []) + [
@@ -421,10 +421,10 @@ def main(argv: Sequence[str]) -> int:
         "adapt_heldout.seeds", "adapt_heldout.max_eval_examples")}
     if zero_shot:
       settings["mu_zero_shot.steps"] = gin.query_parameter("mu_zero_shot.steps")
-    main_seed = _multitask_seed()
-    if main_seed in more_seeds:
+    main_seeds[multitask_method] = _multitask_seed()
+    if main_seeds[multitask_method] in more_seeds:
       parser.error(f"--multitask_seeds {args.multitask_seeds} repeats the main run's "
-                   f"train_multitask.seed = {main_seed}; give other seeds")
+                   f"train_multitask.seed = {main_seeds[multitask_method]}; give other seeds")
     group_dir = os.path.join(args.output_dir, multitask_method)
     key = {"code": code, "overrides": overrides, "adapt": adapt, "zero_shot": zero_shot}
     if args.shots_only or args.units_only:
@@ -454,6 +454,7 @@ def main(argv: Sequence[str]) -> int:
       key = {"code": code, "overrides": overrides, "adapt": adapt, "multitask_seed": seed}
       done = (_reuse(os.path.join(group_dir, "comparison.json"), key)
               or _run_group(group_dir, key, adapt, []))
+      main_seed = main_seeds[multitask_method]
       for m in adapt:
         spread.setdefault(m, {main_seed: summaries[m]})[seed] = done["summaries"][m]
       runs = spread_multitask.setdefault(multitask_method,
